@@ -1,0 +1,34 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Layers point one way: CDNNL/COpenBLAS → Kernels → Autograd (Tensor, tape, ops) → NN → (MoCo, Daemon, ...).
+// Kernels is the only module that touches oneDNN or BLAS pointers.
+let package = Package(
+    name: "mocod",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Kernels", targets: ["Kernels"]),
+        .library(name: "Autograd", targets: ["Autograd"]),
+        .library(name: "NN", targets: ["NN"]),
+        .executable(name: "mocobench", targets: ["mocobench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
+        .target(name: "Kernels", dependencies: ["CDNNL", "COpenBLAS"]),
+        .target(name: "Autograd", dependencies: ["Kernels"]),
+        .target(name: "NN", dependencies: ["Autograd", "Kernels"]),
+        .executableTarget(
+            name: "mocobench",
+            dependencies: ["NN", "Autograd", "Kernels",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .target(name: "TestSupport", dependencies: ["Autograd", "NN", "Kernels"], path: "Tests/TestSupport"),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
+        .testTarget(name: "AutogradTests", dependencies: ["Autograd", "Kernels", "TestSupport"]),
+        .testTarget(name: "NNTests", dependencies: ["NN", "Autograd", "Kernels", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

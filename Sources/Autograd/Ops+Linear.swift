@@ -1,0 +1,64 @@
+import Kernels
+
+/// `op(a) · op(b)` for row-major 2-D tensors, `op` transposing where asked (OpenBLAS SGEMM).
+public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
+    precondition(a.shape.count == 2 && b.shape.count == 2, "matmul wants 2-D tensors, got \(a.shape), \(b.shape)")
+    let m = transposeA ? a.shape[1] : a.shape[0], k = transposeA ? a.shape[0] : a.shape[1]
+    let kb = transposeB ? b.shape[1] : b.shape[0], n = transposeB ? b.shape[0] : b.shape[1]
+    precondition(k == kb, "matmul: inner dimensions \(k) and \(kb) differ")
+    let pa = a.plain(), pb = b.plain()
+    let out = Tensor(uninitialized: [m, n])
+    GEMM.sgemm(transA: transposeA, transB: transposeB, m: m, n: n, k: k, a: pa.floats, lda: a.shape[1],
+               b: pb.floats, ldb: b.shape[1], c: out.floats, ldc: n)
+    return Tensor.result(shape: [m, n], desc: out.desc, buffer: out.buffer, inputs: [pa, pb]) { gy in
+        let g = gy.plain()
+        var ga: Tensor?, gb: Tensor?
+        if pa.requiresGrad {
+            // d op(A) = G · op(B)ᵀ; stored A is op(A) or its transpose.
+            let t = Tensor(uninitialized: a.shape)
+            if !transposeA {
+                GEMM.sgemm(transA: false, transB: !transposeB, m: m, n: k, k: n, a: g.floats, lda: n,
+                           b: pb.floats, ldb: b.shape[1], c: t.floats, ldc: k)
+            } else {
+                GEMM.sgemm(transA: transposeB, transB: true, m: k, n: m, k: n, a: pb.floats, lda: b.shape[1],
+                           b: g.floats, ldb: n, c: t.floats, ldc: m)
+            }
+            ga = t
+        }
+        if pb.requiresGrad {
+            // d op(B) = op(A)ᵀ · G.
+            let t = Tensor(uninitialized: b.shape)
+            if !transposeB {
+                GEMM.sgemm(transA: !transposeA, transB: false, m: k, n: n, k: m, a: pa.floats, lda: a.shape[1],
+                           b: g.floats, ldb: n, c: t.floats, ldc: n)
+            } else {
+                GEMM.sgemm(transA: true, transB: transposeA, m: n, n: k, k: m, a: g.floats, lda: n,
+                           b: pa.floats, ldb: a.shape[1], c: t.floats, ldc: k)
+            }
+            gb = t
+        }
+        return [ga, gb]
+    }
+}
+
+/// `x · weightᵀ + bias` with `x` `N x in`, `weight` `out x in` (PyTorch's layout), `bias` `out`.
+public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+    let y = matmul(x, weight, transposeB: true)
+    guard let bias else { return y }
+    return addRowVector(y, bias)
+}
+
+/// `x + v` broadcast over the rows of an `N x D` tensor.
+public func addRowVector(_ x: Tensor, _ v: Tensor) -> Tensor {
+    precondition(x.shape.count == 2 && v.shape == [x.shape[1]], "addRowVector: \(x.shape) + \(v.shape)")
+    let px = x.plain()
+    let n = x.shape[0], d = x.shape[1]
+    let out = Tensor(uninitialized: x.shape)
+    for i in 0..<n { for j in 0..<d { out.floats[i * d + j] = px.floats[i * d + j] + v.floats[j] } }
+    return Tensor.result(shape: x.shape, desc: out.desc, buffer: out.buffer, inputs: [px, v]) { gy in
+        let g = gy.plain()
+        let gv = Tensor.zeros([d])
+        for i in 0..<n { for j in 0..<d { gv.floats[j] += g.floats[i * d + j] } }
+        return [g, gv]
+    }
+}

@@ -1,0 +1,70 @@
+import Kernels
+
+extension Tensor {
+    /// The same values in row-major layout (a no-op when already plain); differentiable.
+    public func plain() -> Tensor { converted(to: Tensor.plainDesc(shape)) }
+
+    /// The same values in layout `target`; differentiable (the gradient goes back to this layout).
+    public func converted(to target: MemoryDesc) -> Tensor {
+        if target == desc { return self }
+        let r = reorderedRaw(to: target)
+        let source = desc
+        return Tensor.result(shape: shape, desc: target, buffer: r.buffer, inputs: [self]) { gy in
+            [gy.reorderedRaw(to: source)]
+        }
+    }
+
+    /// A row-major view with another shape of the same count (`-1` infers one dimension).
+    public func reshaped(_ newShape: [Int]) -> Tensor {
+        var s = newShape
+        if let i = s.firstIndex(of: -1) {
+            let known = s.enumerated().filter { $0.offset != i }.map(\.element).reduce(1, *)
+            s[i] = count / max(known, 1)
+        }
+        precondition(s.reduce(1, *) == count, "cannot reshape \(shape) to \(newShape)")
+        let p = plain()
+        let old = shape
+        return Tensor.result(shape: s, desc: Tensor.plainDesc(s), buffer: p.buffer, inputs: [p]) { gy in
+            [gy.plain().reshaped(old).detached()]
+        }
+    }
+
+    /// `N x (everything else)`.
+    public func flattened() -> Tensor { reshaped([shape[0], -1]) }
+}
+
+/// Concatenation of row-major tensors along `axis` (all other dimensions equal).
+public func concat(_ parts: [Tensor], axis: Int = 0) -> Tensor {
+    precondition(!parts.isEmpty)
+    let rank = parts[0].shape.count
+    for p in parts {
+        precondition(p.shape.count == rank && (0..<rank).allSatisfy { $0 == axis || p.shape[$0] == parts[0].shape[$0] },
+                     "concat: shapes \(parts.map(\.shape)) differ off axis \(axis)")
+    }
+    let plains = parts.map { $0.plain() }
+    var shape = parts[0].shape
+    shape[axis] = parts.reduce(0) { $0 + $1.shape[axis] }
+    let outer = shape[..<axis].reduce(1, *)
+    let inner = shape[(axis + 1)...].reduce(1, *)
+    let out = Tensor(uninitialized: shape)
+    let rowOut = shape[axis] * inner
+    var offset = 0
+    for p in plains {
+        let rowIn = p.shape[axis] * inner
+        for o in 0..<outer {
+            (out.floats + o * rowOut + offset).update(from: p.floats + o * rowIn, count: rowIn)
+        }
+        offset += rowIn
+    }
+    return Tensor.result(shape: shape, desc: out.desc, buffer: out.buffer, inputs: plains) { gy in
+        let g = gy.plain()
+        var offset = 0
+        return plains.map { p in
+            let rowIn = p.shape[axis] * inner
+            let gp = Tensor(uninitialized: p.shape)
+            for o in 0..<outer { (gp.floats + o * rowIn).update(from: g.floats + o * rowOut + offset, count: rowIn) }
+            offset += rowIn
+            return gp
+        }
+    }
+}

@@ -1,0 +1,65 @@
+import CDNNL
+import COpenBLAS
+import Foundation
+
+/// Process-wide setup of the numeric libraries: thread counts, the OpenBLAS kernel, diagnostics.
+public enum Runtime {
+    /// Sets the number of threads OpenMP (shared by oneDNN and OpenBLAS) uses for calls made from
+    /// the calling thread. OpenMP's setting is per calling thread, so call this on the compute thread.
+    public static func setThreads(_ n: Int) {
+        omp_set_num_threads(Int32(n))
+        openblas_set_num_threads(Int32(n))
+    }
+
+    public static var maxThreads: Int { Int(omp_get_max_threads()) }
+
+    /// The OpenBLAS kernel family in use (`SkylakeX`, `Haswell`, `Prescott` ...).
+    public static var openBLASCore: String { String(cString: openblas_get_corename()) }
+
+    /// oneDNN's instruction set on this CPU, e.g. `avx512_core_bf16`.
+    public static var dnnlISA: String {
+        switch dnnl_get_effective_cpu_isa() {
+        case dnnl_cpu_isa_avx512_core_amx: "avx512_core_amx"
+        case dnnl_cpu_isa_avx512_core_bf16: "avx512_core_bf16"
+        case dnnl_cpu_isa_avx512_core_vnni: "avx512_core_vnni"
+        case dnnl_cpu_isa_avx512_core: "avx512_core"
+        case dnnl_cpu_isa_avx2_vnni: "avx2_vnni"
+        case dnnl_cpu_isa_avx2: "avx2"
+        case dnnl_cpu_isa_avx: "avx"
+        case dnnl_cpu_isa_sse41: "sse41"
+        default: "other(\(dnnl_get_effective_cpu_isa().rawValue))"
+        }
+    }
+
+    /// The OpenBLAS core families with AVX-512 kernels.
+    static let fastCores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+
+    /// Whether this CPU runs AVX-512 (so OpenBLAS's SkylakeX kernels apply).
+    public static var cpuHasAVX512: Bool {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
+        return info.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").contains("avx512f") ?? false
+    }
+
+    /// Debian's OpenBLAS 0.3.21 does not recognise recent CPUs and falls back to a slow generic
+    /// kernel (`Prescott`); it reads `OPENBLAS_CORETYPE` only when the library loads, so setting it
+    /// in `main` is too late. Entry points call this first: where the CPU has AVX-512 and the
+    /// variable does not already name an AVX-512 core, it sets `OPENBLAS_CORETYPE=SkylakeX` and
+    /// re-executes the program with the same arguments. `MOCOD_KEEP_OPENBLAS_CORE=1` opts out.
+    public static func ensureFastOpenBLAS() {
+        let env = ProcessInfo.processInfo.environment
+        if env["MOCOD_KEEP_OPENBLAS_CORE"] == "1" { return }
+        if let core = env["OPENBLAS_CORETYPE"], fastCores.contains(core.lowercased()) { return }
+        guard cpuHasAVX512, env["MOCOD_REEXECED"] == nil else { return }
+        setenv("OPENBLAS_CORETYPE", "SkylakeX", 1)
+        setenv("MOCOD_REEXECED", "1", 1)
+        let args = CommandLine.arguments
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cargs.append(nil)
+        execv("/proc/self/exe", &cargs)
+        // execv only returns on failure; carry on with the slow kernel rather than stop.
+        FileHandle.standardError.write(Data("mocod: could not re-exec with OPENBLAS_CORETYPE=SkylakeX (errno \(errno)); GEMM runs on \(openBLASCore)\n".utf8))
+    }
+
+    /// Whether OpenBLAS runs an AVX-512 kernel (or the CPU has none to run).
+    public static var openBLASIsFast: Bool { !cpuHasAVX512 || fastCores.contains(openBLASCore.lowercased()) }
+}

@@ -1,0 +1,93 @@
+import COpenBLAS
+import Dispatch
+
+/// GEMM through OpenBLAS, row-major.
+public enum GEMM {
+    /// `C = alpha * op(A) * op(B) + beta * C` with `op(A)` `m x k`, `op(B)` `k x n`, all row-major.
+    public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+}
+
+/// Elementwise loops over raw float buffers, split across cores for large counts.
+///
+/// The compiler vectorizes each loop body; splitting matters because a single core cannot saturate
+/// memory bandwidth on the parameter-sized (tens of MB) updates of SGD and the momentum encoder.
+public enum Vector {
+    /// Element count below which splitting across threads costs more than it saves.
+    static let parallelThreshold = 1 << 16
+
+    /// Calls `body` on disjoint index ranges covering `0..<count`.
+    @inline(__always)
+    public static func forEachChunk(_ count: Int, _ body: (Range<Int>) -> Void) {
+        let workers = count >= parallelThreshold ? max(1, min(Runtime.maxThreads, 8)) : 1
+        if workers == 1 { body(0..<count); return }
+        let chunk = (count + workers - 1) / workers
+        withoutActuallyEscaping(body) { body in
+            let box = UncheckedBox(body)
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                let lo = w * chunk, hi = min(count, lo + chunk)
+                if lo < hi { box.value(lo..<hi) }
+            }
+        }
+    }
+
+    /// `dst[i] += src[i]`
+    public static func accumulate(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int) {
+        forEachChunk(count) { r in for i in r { dst[i] += src[i] } }
+    }
+
+    /// `dst[i] = a[i] + b[i]`
+    public static func add(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count: Int) {
+        forEachChunk(count) { r in for i in r { dst[i] = a[i] + b[i] } }
+    }
+
+    /// `dst[i] = a[i] * s`
+    public static func scale(_ a: UnsafePointer<Float>, by s: Float, into dst: UnsafeMutablePointer<Float>, count: Int) {
+        forEachChunk(count) { r in for i in r { dst[i] = a[i] * s } }
+    }
+
+    /// `dst[i] = a[i] * b[i]`
+    public static func multiply(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count: Int) {
+        forEachChunk(count) { r in for i in r { dst[i] = a[i] * b[i] } }
+    }
+
+    public static func fill(_ dst: UnsafeMutablePointer<Float>, with v: Float, count: Int) {
+        forEachChunk(count) { r in for i in r { dst[i] = v } }
+    }
+
+    /// One step of PyTorch's SGD for one parameter:
+    /// `d = g + wd*p; buf = first ? d : m*buf + d; p -= lr*buf` (no dampening, no Nesterov).
+    public static func sgdStep(parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+                               momentumBuffer buf: UnsafeMutablePointer<Float>?, count: Int,
+                               learningRate lr: Float, momentum m: Float, weightDecay wd: Float, firstStep: Bool) {
+        forEachChunk(count) { r in
+            if let buf {
+                if firstStep {
+                    for i in r { let d = g[i] + wd * p[i]; buf[i] = d; p[i] -= lr * d }
+                } else {
+                    for i in r { let d = g[i] + wd * p[i]; let b = m * buf[i] + d; buf[i] = b; p[i] -= lr * b }
+                }
+            } else {
+                for i in r { p[i] -= lr * (g[i] + wd * p[i]) }
+            }
+        }
+    }
+
+    /// Momentum (EMA) update `k = m*k + (1-m)*q`, as MoCo's key encoder update.
+    public static func ema(_ k: UnsafeMutablePointer<Float>, toward q: UnsafePointer<Float>, count: Int, momentum m: Float) {
+        let a = 1 - m
+        forEachChunk(count) { r in for i in r { k[i] = k[i] * m + q[i] * a } }
+    }
+}
+
+/// Lets a non-escaping closure cross into `concurrentPerform`, which runs it before returning.
+struct UncheckedBox<T>: @unchecked Sendable {
+    /// Safe: `concurrentPerform` returns only after every iteration finished, and each iteration
+    /// writes a disjoint range.
+    let value: T
+    init(_ v: T) { value = v }
+}

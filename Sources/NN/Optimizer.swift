@@ -1,0 +1,79 @@
+import Foundation
+import Kernels
+import Autograd
+
+/// Stochastic gradient descent with momentum and weight decay, exactly as `torch.optim.SGD`
+/// (no dampening, no Nesterov): `d = g + wd·p; buf = m·buf + d (buf = d on the first step); p -= lr·buf`.
+public final class SGD {
+    public let parameters: [Tensor]
+    public var learningRate: Float
+    public let momentum: Float
+    public let weightDecay: Float
+    /// Momentum buffers in parameter order, nil until a parameter's first step.
+    public private(set) var momentumBuffers: [Tensor?]
+
+    public init(parameters: [Tensor], learningRate: Float, momentum: Float = 0, weightDecay: Float = 0) {
+        self.parameters = parameters
+        self.learningRate = learningRate
+        self.momentum = momentum
+        self.weightDecay = weightDecay
+        momentumBuffers = Array(repeating: nil, count: parameters.count)
+    }
+
+    /// Updates every parameter that has a gradient, in place.
+    public func step() {
+        for (i, p) in parameters.enumerated() {
+            guard let g = p.grad else { continue }
+            precondition(g.desc == p.desc, "gradient layout differs from its parameter's")
+            let first = momentum != 0 && momentumBuffers[i] == nil
+            if first { momentumBuffers[i] = Tensor.zeros(p.shape) }
+            Vector.sgdStep(parameter: p.floats, gradient: g.floats, momentumBuffer: momentum != 0 ? momentumBuffers[i]!.floats : nil,
+                           count: p.count, learningRate: learningRate, momentum: momentum, weightDecay: weightDecay, firstStep: first)
+        }
+    }
+
+    /// Drops every gradient (PyTorch's `zero_grad(set_to_none=True)`); their memory returns to the pool.
+    public func zeroGrad() {
+        for p in parameters { p.grad = nil }
+    }
+
+    /// Restores momentum buffers (e.g. from a checkpoint); `nil` entries mean "no step taken yet".
+    public func loadMomentumBuffers(_ buffers: [Tensor?]) {
+        precondition(buffers.count == parameters.count)
+        for (i, b) in buffers.enumerated() {
+            if let b { precondition(b.shape == parameters[i].shape) }
+        }
+        momentumBuffers = buffers
+    }
+}
+
+/// A learning-rate schedule: the rate at a point in training, as a pure function.
+public enum LearningRateSchedule: Sendable, Hashable, Codable {
+    /// Half-cosine from the base rate to 0 over `epochs`; `perStep` moves within an epoch too.
+    case cosine(epochs: Int, perStep: Bool)
+    /// Multiply by `gamma` at each milestone epoch (MoCo v1: 120 and 160 of 200, gamma 0.1).
+    case multiStep(milestones: [Int], gamma: Float)
+    /// The base rate throughout.
+    case constant
+    /// Linear ramp from 0 over the first `epochs` (counted in steps), then `then`.
+    indirect case warmup(epochs: Int, then: LearningRateSchedule)
+
+    /// The rate at `epoch` (0-based) and `step` within it (0-based) of `stepsPerEpoch`.
+    public func rate(base: Float, epoch: Int, step: Int, stepsPerEpoch: Int) -> Float {
+        switch self {
+        case .constant:
+            return base
+        case .cosine(let epochs, let perStep):
+            let progress = perStep ? (Double(epoch) + Double(step) / Double(max(stepsPerEpoch, 1))) : Double(epoch)
+            return base * Float(0.5 * (1 + cos(Double.pi * progress / Double(max(epochs, 1)))))
+        case .multiStep(let milestones, let gamma):
+            let passed = milestones.filter { epoch >= $0 }.count
+            return base * pow(gamma, Float(passed))
+        case .warmup(let epochs, let then):
+            let done = epoch * stepsPerEpoch + step
+            let total = epochs * stepsPerEpoch
+            if done < total { return base * Float(done + 1) / Float(total) }
+            return then.rate(base: base, epoch: epoch, step: step, stepsPerEpoch: stepsPerEpoch)
+        }
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import Kernels
+import NN
+import Autograd
+
+/// Where the committed fixtures live (found from this file's path, so tests need no bundle).
+public enum Fixtures {
+    public static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+
+    /// A golden file written by `scripts/make_golden.py`.
+    public static func golden(_ name: String) throws -> SafeTensorsFile {
+        try SafeTensorsFile.read(from: root.appendingPathComponent("golden/\(name).safetensors"))
+    }
+}
+
+extension SafeTensorsFile {
+    /// The named tensor as a new `Tensor`; traps with the name when missing (a broken fixture).
+    public func t(_ name: String, requiresGrad: Bool = false) -> Tensor {
+        guard let s = self[name] else { fatalError("fixture has no tensor \(name); has \(tensors.map(\.name))") }
+        return try! s.tensor(requiresGrad: requiresGrad)
+    }
+
+    public func values(_ name: String) -> [Float] {
+        guard let s = self[name] else { fatalError("fixture has no tensor \(name)") }
+        return try! s.floats()
+    }
+}
+
+/// Result of comparing two float arrays with `|a - e| <= atol + rtol * |e|`.
+public struct Closeness: CustomStringConvertible {
+    public let ok: Bool
+    public let worstIndex: Int
+    public let worstActual: Float
+    public let worstExpected: Float
+    public let maxAbsError: Float
+    public var description: String {
+        "max |err| \(maxAbsError) at \(worstIndex): got \(worstActual), expected \(worstExpected)"
+    }
+}
+
+public func closeness(_ actual: [Float], _ expected: [Float], rtol: Float = 1e-4, atol: Float = 1e-5) -> Closeness {
+    precondition(actual.count == expected.count, "compared arrays differ in length: \(actual.count) vs \(expected.count)")
+    var ok = true, worst = 0, worstExcess: Float = -.infinity, maxAbs: Float = 0
+    for i in 0..<actual.count {
+        let err = abs(actual[i] - expected[i])
+        let excess = err - (atol + rtol * abs(expected[i]))
+        if !(excess <= 0) { ok = false }
+        if excess > worstExcess || excess.isNaN { worstExcess = excess.isNaN ? .infinity : excess; worst = i }
+        maxAbs = max(maxAbs, err.isNaN ? .infinity : err)
+    }
+    return Closeness(ok: ok, worstIndex: worst, worstActual: actual.isEmpty ? 0 : actual[worst],
+                     worstExpected: expected.isEmpty ? 0 : expected[worst], maxAbsError: maxAbs)
+}
+
+/// Central finite differences of `f` (a scalar of the inputs) at up to `samples` coordinates of
+/// each input, compared with the gradients backward() produced.
+public struct GradientCheck {
+    public var worstRelativeError: Float = 0
+    public var report: [String] = []
+}
+
+/// Checks `∂ sum(f(inputs) * gy) / ∂ inputs` by central differences in fp32.
+/// The relative error uses `max(|numeric|, |analytic|, floor)` as its scale.
+public func gradientCheck(_ inputs: [Tensor], step h: Float = 1e-2, samples: Int = 24, seed: UInt64 = 7,
+                          floor: Float = 1e-2, _ f: ([Tensor]) -> Tensor) -> GradientCheck {
+    var rng = SeededGenerator(seed: seed)
+    let y0 = f(inputs)
+    let gy = Tensor.randn(y0.shape, using: &rng)
+    let gyValues = gy.toArray()
+    for x in inputs { x.grad = nil }
+    func objective() -> Double {
+        let y = GradMode.withNoGrad { f(inputs) }.toArray()
+        var s = 0.0
+        for i in 0..<y.count { s += Double(y[i]) * Double(gyValues[i]) }
+        return s
+    }
+    let y = f(inputs)
+    y.backward(gy)
+    var result = GradientCheck()
+    for (n, x) in inputs.enumerated() where x.requiresGrad {
+        let analytic = x.grad?.toArray() ?? [Float](repeating: 0, count: x.count)
+        precondition(x.isPlain, "gradientCheck perturbs row-major inputs")
+        let idx = x.count <= samples ? Array(0..<x.count) : (0..<samples).map { _ in Int(rng.next() % UInt64(x.count)) }
+        for i in idx {
+            let old = x.floats[i]
+            x.floats[i] = old + h
+            let up = objective()
+            x.floats[i] = old - h
+            let down = objective()
+            x.floats[i] = old
+            let numeric = Float((up - down) / Double(2 * h))
+            let scale = max(abs(numeric), abs(analytic[i]), floor)
+            let rel = abs(numeric - analytic[i]) / scale
+            if rel > result.worstRelativeError {
+                result.worstRelativeError = rel
+                result.report.append("input \(n)[\(i)]: numeric \(numeric) analytic \(analytic[i])")
+            }
+        }
+    }
+    return result
+}
