@@ -59,12 +59,12 @@ public enum Convolution {
             func make(_ srcMD: MemoryDesc) -> dnnl_primitive_desc_t? {
                 var (w, b, dst) = descs(s)
                 var x = srcMD.raw
-                var strides = dnnlDims([s.stride, s.stride])
-                var pad = dnnlDims([s.padding, s.padding])
+                let strides = dnnlDims([s.stride, s.stride])
+                let pad = dnnlDims([s.padding, s.padding])
                 var d = dnnl_convolution_desc_t()
                 let st = withUnsafePointer(to: &b.raw) { bp in
                     dnnl_convolution_forward_desc_init(&d, prop, dnnl_convolution_direct, &x, &w.raw,
-                                                       s.hasBias ? bp : nil, &dst.raw, &strides.0, &pad.0, &pad.0)
+                                                       s.hasBias ? bp : nil, &dst.raw, strides, pad, pad)
                 }
                 guard st == dnnl_success else { return nil }
                 return makePD(&d)
@@ -85,11 +85,12 @@ public enum Convolution {
             func make(_ dsrc: MemoryDesc, _ ddst: MemoryDesc) -> dnnl_primitive_desc_t? {
                 var (w, _, _) = descs(s)
                 var a = dsrc.raw, c = ddst.raw
-                var strides = dnnlDims([s.stride, s.stride])
-                var pad = dnnlDims([s.padding, s.padding])
+                let strides = dnnlDims([s.stride, s.stride])
+                let pad = dnnlDims([s.padding, s.padding])
                 var d = dnnl_convolution_desc_t()
-                guard dnnl_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &a, &w.raw, &c,
-                                                               &strides.0, &pad.0, &pad.0) == dnnl_success else { return nil }
+                let st = dnnl_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &a, &w.raw, &c,
+                                                               strides, pad, pad)
+                guard st == dnnl_success else { return nil }
                 return makePD(&d, hint: fwd.pd)
             }
             if !diffSrc.isPlain, let pd = make(diffSrc, diffDst), !isReference(pd) { return Primitive(pd: pd) }
@@ -107,12 +108,12 @@ public enum Convolution {
             func make(_ x: MemoryDesc, _ ddst: MemoryDesc) -> dnnl_primitive_desc_t? {
                 var (w, b, _) = descs(s)
                 var a = x.raw, c = ddst.raw
-                var strides = dnnlDims([s.stride, s.stride])
-                var pad = dnnlDims([s.padding, s.padding])
+                let strides = dnnlDims([s.stride, s.stride])
+                let pad = dnnlDims([s.padding, s.padding])
                 var d = dnnl_convolution_desc_t()
                 let st = withUnsafePointer(to: &b.raw) { bp in
                     dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &a, &w.raw,
-                                                                s.hasBias ? bp : nil, &c, &strides.0, &pad.0, &pad.0)
+                                                                s.hasBias ? bp : nil, &c, strides, pad, pad)
                 }
                 guard st == dnnl_success else { return nil }
                 return makePD(&d, hint: fwd.pd)

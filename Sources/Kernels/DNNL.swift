@@ -66,8 +66,8 @@ public struct MemoryDesc: Hashable, @unchecked Sendable {
     /// A descriptor with an explicit format tag (`dnnl_format_tag_any` lets a primitive choose).
     public static func tagged(_ dims: [Int], _ tag: dnnl_format_tag_t) -> MemoryDesc {
         var md = dnnl_memory_desc_t()
-        var d = dnnlDims(dims)
-        check(dnnl_memory_desc_init_by_tag(&md, Int32(dims.count), &d.0, dnnl_f32, tag), "memory_desc_init_by_tag \(dims)")
+        let d = dnnlDims(dims)
+        check(dnnl_memory_desc_init_by_tag(&md, Int32(dims.count), d, dnnl_f32, tag), "memory_desc_init_by_tag \(dims)")
         return MemoryDesc(raw: md)
     }
 
@@ -87,11 +87,11 @@ public struct MemoryDesc: Hashable, @unchecked Sendable {
     /// The same layout restricted to the first `n` items of dimension 0 (the batch), at offset 0.
     /// Valid for layouts whose batch dimension is outermost (nchw, nhwc, nChw16c).
     public func batchSlice(_ n: Int) -> MemoryDesc {
-        var d = dnnlDims(dims.enumerated().map { $0.offset == 0 ? n : $0.element })
-        var off = dnnlDims(Array(repeating: 0, count: ndims))
+        let d = dnnlDims(dims.enumerated().map { $0.offset == 0 ? n : $0.element })
+        let off = dnnlDims(Array(repeating: 0, count: ndims))
         var out = dnnl_memory_desc_t()
         var parent = raw
-        check(dnnl_memory_desc_init_submemory(&out, &parent, &d.0, &off.0), "memory_desc_init_submemory")
+        check(dnnl_memory_desc_init_submemory(&out, &parent, d, off), "memory_desc_init_submemory")
         return MemoryDesc(raw: out)
     }
 
@@ -131,15 +131,11 @@ public struct MemoryDesc: Hashable, @unchecked Sendable {
     }
 }
 
-/// A 12-slot oneDNN dims tuple from a Swift array (unused slots zero).
-func dnnlDims(_ a: [Int]) -> dnnl_dims_t {
-        precondition(a.count <= 12)
-        var t: dnnl_dims_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &t) { raw in
-            let p = raw.bindMemory(to: Int64.self)
-            for (i, v) in a.enumerated() { p[i] = Int64(v) }
-        }
-        return t
+/// A oneDNN dims array (12 slots, unused ones zero), passed where the C API takes `const dnnl_dims_t`.
+/// An array, not the imported tuple: `&tuple.0` may hand C a pointer to a one-element temporary.
+func dnnlDims(_ a: [Int]) -> [Int64] {
+    precondition(a.count <= 12)
+    return a.map(Int64.init) + [Int64](repeating: 0, count: 12 - a.count)
 }
 
 // MARK: - Primitives and their cache

@@ -59,10 +59,10 @@ public enum PoolingKernel {
             var d = dnnl_pooling_desc_t()
             var x = src.raw
             var y = MemoryDesc.tagged(s.outDims(src.dims), dnnl_format_tag_any).raw
-            var st = dnnlDims([s.stride, s.stride]), k = dnnlDims([s.kernel, s.kernel])
-            var p = dnnlDims([s.padding, s.padding])
+            let st = dnnlDims([s.stride, s.stride]), k = dnnlDims([s.kernel, s.kernel])
+            let p = dnnlDims([s.padding, s.padding])
             check(dnnl_pooling_forward_desc_init(&d, training ? dnnl_forward_training : dnnl_forward_inference, alg(s),
-                                                 &x, &y, &st.0, &k.0, &p.0, &p.0), "pooling_fwd_desc_init")
+                                                 &x, &y, st, k, p, p), "pooling_fwd_desc_init")
             guard let pd = makePD(&d) else { fatalError("oneDNN has no pooling for \(src.dims)") }
             return Primitive(pd: pd)
         }
@@ -73,9 +73,9 @@ public enum PoolingKernel {
         return PrimitiveCache.get(key) {
             var d = dnnl_pooling_desc_t()
             var x = diffSrc.raw, y = diffDst.raw
-            var st = dnnlDims([s.stride, s.stride]), k = dnnlDims([s.kernel, s.kernel])
-            var p = dnnlDims([s.padding, s.padding])
-            check(dnnl_pooling_backward_desc_init(&d, alg(s), &x, &y, &st.0, &k.0, &p.0, &p.0), "pooling_bwd_desc_init")
+            let st = dnnlDims([s.stride, s.stride]), k = dnnlDims([s.kernel, s.kernel])
+            let p = dnnlDims([s.padding, s.padding])
+            check(dnnl_pooling_backward_desc_init(&d, alg(s), &x, &y, st, k, p, p), "pooling_bwd_desc_init")
             guard let pd = makePD(&d, hint: fwd.pd) else { fatalError("oneDNN has no pooling backward for \(diffSrc.dims)") }
             return Primitive(pd: pd)
         }

@@ -90,3 +90,30 @@ import Testing
         #expect(!Runtime.dnnlISA.isEmpty)
     }
 }
+
+/// The executables re-exec themselves so that OpenBLAS loads its AVX-512 kernel even when the
+/// environment names a slower one (or none).
+@Suite struct OpenBLASCoreTests {
+    @Test func benchmarkRunsTheFastKernel() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let exe = root.appendingPathComponent(".build/debug/mocobench")
+        try #require(FileManager.default.isExecutableFile(atPath: exe.path), "build mocobench first (swift build)")
+        for env in [["OPENBLAS_CORETYPE": "Prescott"], ["OPENBLAS_CORETYPE": "Haswell"], [:]] {
+            let p = Process()
+            p.executableURL = exe
+            p.arguments = ["info"]
+            var e = ProcessInfo.processInfo.environment
+            e["OPENBLAS_CORETYPE"] = nil
+            e["MOCOD_REEXECED"] = nil
+            e["MOCOD_KEEP_OPENBLAS_CORE"] = nil
+            e.merge(env) { $1 }
+            p.environment = e
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            p.waitUntilExit()
+            let json = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
+            #expect(json["openblas_fast"] as? Bool == true, "env \(env): \(json)")
+        }
+    }
+}

@@ -1,0 +1,156 @@
+import ArgumentParser
+import Autograd
+import Foundation
+import Kernels
+import NN
+
+@main
+enum Entry {
+    static func main() {
+        // OpenBLAS picks its kernel when it loads: re-exec with the right one before anything else.
+        Runtime.ensureFastOpenBLAS()
+        MocoBench.main()
+    }
+}
+
+struct MocoBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mocobench",
+        abstract: "Benchmarks of the mocod compute engine; each prints one JSON line.",
+        subcommands: [Step.self, GEMMBench.self, Info.self],
+        defaultSubcommand: Info.self)
+}
+
+func printJSON(_ object: [String: Any]) {
+    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    print(String(decoding: data, as: UTF8.self))
+    fflush(nil)
+}
+
+func peakRSSMegabytes() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_maxrss) / 1024
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The kernels in use on this machine.")
+    func run() {
+        printJSON(["openblas_core": Runtime.openBLASCore, "openblas_fast": Runtime.openBLASIsFast,
+                   "onednn_isa": Runtime.dnnlISA, "max_threads": Runtime.maxThreads,
+                   "cpu_avx512": Runtime.cpuHasAVX512])
+    }
+}
+
+struct GEMMBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "gemm", abstract: "fp32 SGEMM rate (2048^3) through OpenBLAS.")
+    @Option var threads = 2
+    @Option var n = 2048
+    @Option var seconds = 2.0
+
+    func run() {
+        Runtime.setThreads(threads)
+        var rng = SeededGenerator(seed: 1)
+        let a = Tensor.randn([n, n], using: &rng), b = Tensor.randn([n, n], using: &rng), c = Tensor.zeros([n, n])
+        func once() { GEMM.sgemm(transA: false, transB: false, m: n, n: n, k: n, a: a.floats, lda: n, b: b.floats, ldb: n, c: c.floats, ldc: n) }
+        once()
+        var iterations = 0
+        let start = now()
+        while now() - start < seconds || iterations < 3 { once(); iterations += 1 }
+        let elapsed = now() - start
+        printJSON(["impl": "mocod", "gemm_gflops_per_second": 2 * pow(Double(n), 3) * Double(iterations) / elapsed / 1e9,
+                   "threads": threads, "n": n, "iterations": iterations, "seconds": elapsed,
+                   "openblas_core": Runtime.openBLASCore])
+    }
+}
+
+struct Step: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Times a MoCo-shaped training step: query forward+backward, key forward (no grad), SGD, EMA update.")
+    @Option var arch: ResNetConfig.Arch = .resnet18
+    @Option var stem: ResNetConfig.Stem = .cifar
+    @Option var width = 64
+    @Option var batch = 256
+    @Option var channels = 1
+    @Option var size = 28
+    @Option var threads = 2
+    @Option(help: "Queue length K (rounded up to a multiple of the batch).") var queue = 4096
+    @Option var steps = 5
+    @Option var warmup = 2
+    @Option(help: "Split-BN groups in the key encoder (1 = plain BN, as the PyTorch reference).") var groups = 1
+
+    func run() throws {
+        Runtime.setThreads(threads)
+        var rng = SeededGenerator(seed: 0)
+        let dim = 128, t: Float = 0.2
+        let k = (queue + batch - 1) / batch * batch
+        let config = ResNetConfig(arch: arch, stem: stem, width: width, inChannels: channels, numClasses: dim)
+        func encoder() -> ResNet {
+            let e = ResNet(config, using: &rng)
+            let hidden = config.featureDimension
+            // MoCo v2's MLP head replaces fc: fc.0 (Linear) → fc.1 (ReLU) → fc.2 (the original fc).
+            e.fc = Sequential([Linear(inputFeatures: hidden, outputFeatures: hidden, using: &rng), ReLU(), e.fc!])
+            return e
+        }
+        let encoderQ = encoder(), encoderK = encoder()
+        try encoderK.loadStateDict(Dictionary(uniqueKeysWithValues: encoderQ.stateDict().map { ($0.name, $0.tensor) }))
+        encoderK.setBatchNormGroups(groups)
+        let paramsQ = encoderQ.parameters(), paramsK = encoderK.parameters()
+        for p in paramsK { p.requiresGrad = false }
+        let queueT = l2Normalized(Tensor.randn([k, dim], using: &rng))   // K x dim: row i is key i
+        var queuePointer = 0
+        let opt = SGD(parameters: paramsQ, learningRate: 0.03, momentum: 0.9, weightDecay: 1e-4)
+        let xq = Tensor.randn([batch, channels, size, size], using: &rng)
+        let xk = Tensor.randn([batch, channels, size, size], using: &rng)
+        let labels = [Int](repeating: 0, count: batch)
+
+        func step() -> Float {
+            let q = l2Normalized(encoderQ(xq))                               // N x dim
+            let key = GradMode.withNoGrad { () -> Tensor in
+                for (pk, pq) in zip(paramsK, paramsQ) { Vector.ema(pk.floats, toward: pq.floats, count: pk.count, momentum: 0.999) }
+                return l2Normalized(encoderK(xk))                            // N x dim
+            }
+            let positive = sumRows(multiply(q, key))                         // N x 1
+            let negative = matmul(q, queueT, transposeB: true)              // N x K
+            let logits = concat([positive, negative], axis: 1) / t           // N x (1+K)
+            let loss = crossEntropy(logits, targets: labels)
+            opt.zeroGrad()
+            loss.backward()
+            opt.step()
+            (queueT.floats + queuePointer * dim).update(from: key.floats, count: batch * dim)
+            queuePointer = (queuePointer + batch) % k
+            return loss.item
+        }
+
+        for _ in 0..<warmup { _ = step() }
+        let allocationsAfterWarmup = BufferPool.stats.allocations
+        var times: [Double] = []
+        var loss: Float = 0
+        for _ in 0..<steps {
+            let t0 = now()
+            loss = step()
+            times.append(now() - t0)
+        }
+        times.sort()
+        let median = times[times.count / 2]
+        let fwd = encoderQ.forwardFLOPs(height: size, width: size)
+        let flops = Double(batch) * (3 * fwd + fwd) + 2 * Double(batch * dim * (k + 1)) * 3
+        printJSON([
+            "impl": "mocod", "arch": arch.rawValue, "stem": stem.rawValue, "width": width, "batch": batch,
+            "channels": channels, "size": size, "threads": threads, "queue": k, "steps": steps, "warmup": warmup,
+            "step_ms": median * 1e3, "images_per_second": Double(batch) / median, "peak_rss_mb": peakRSSMegabytes(),
+            "gflops_per_second": flops / median / 1e9, "flops_per_step": flops, "loss": Double(loss),
+            "steady_state_allocations": BufferPool.stats.allocations - allocationsAfterWarmup,
+            "openblas_core": Runtime.openBLASCore, "onednn_isa": Runtime.dnnlISA,
+        ])
+    }
+}
+
+extension ResNetConfig.Arch: ExpressibleByArgument {}
+extension ResNetConfig.Stem: ExpressibleByArgument {}
