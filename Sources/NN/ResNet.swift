@@ -7,6 +7,8 @@ public final class BasicBlock: Layer {
     public let conv1: Conv2d, bn1: BatchNorm, conv2: Conv2d, bn2: BatchNorm
     public let downsample: Sequential?
     public var isTraining = true
+    /// Whether ReLUs run inside the batch norm and the residual add (one pass less each way).
+    public var fused = true { didSet { bn1.fusedReLU = fused } }
 
     public init<G: RandomNumberGenerator>(inputChannels: Int, channels: Int, stride: Int, downsample: Sequential?, using rng: inout G) {
         conv1 = Conv2d(inputChannels: inputChannels, outputChannels: channels, kernelSize: 3, stride: stride, padding: 1, using: &rng)
@@ -21,6 +23,9 @@ public final class BasicBlock: Layer {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
+        guard fused else {
+            return relu(add(bn2(conv2(relu(bn1(conv1(x))))), downsample?(x) ?? x))
+        }
         let out = bn2(conv2(bn1(conv1(x))))           // bn1 applies its ReLU in the same pass
         return add(out, downsample?(x) ?? x, thenReLU: true)
     }
@@ -32,6 +37,8 @@ public final class Bottleneck: Layer {
     public let conv1: Conv2d, bn1: BatchNorm, conv2: Conv2d, bn2: BatchNorm, conv3: Conv2d, bn3: BatchNorm
     public let downsample: Sequential?
     public var isTraining = true
+    /// Whether ReLUs run inside the batch norms and the residual add.
+    public var fused = true { didSet { bn1.fusedReLU = fused; bn2.fusedReLU = fused } }
 
     public init<G: RandomNumberGenerator>(inputChannels: Int, channels: Int, stride: Int, downsample: Sequential?, using rng: inout G) {
         conv1 = Conv2d(inputChannels: inputChannels, outputChannels: channels, kernelSize: 1, using: &rng)
@@ -49,6 +56,9 @@ public final class Bottleneck: Layer {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
+        guard fused else {
+            return relu(add(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))), downsample?(x) ?? x))
+        }
         let out = bn3(conv3(bn2(conv2(bn1(conv1(x))))))
         return add(out, downsample?(x) ?? x, thenReLU: true)
     }
@@ -153,9 +163,21 @@ public final class ResNet: Layer {
         return c
     }
 
+    /// Whether ReLUs are fused into batch norms and residual adds (the default); off runs them as
+    /// separate passes, for measuring what the fusion saves.
+    public var fused = true {
+        didSet {
+            bn1.fusedReLU = fused
+            for m in modules() {
+                (m as? BasicBlock)?.fused = fused
+                (m as? Bottleneck)?.fused = fused
+            }
+        }
+    }
+
     /// Pooled backbone features, `N x featureDimension`.
     public func features(_ x: Tensor) -> Tensor {
-        var h = bn1(conv1(x))
+        var h = fused ? bn1(conv1(x)) : relu(bn1(conv1(x)))
         if let maxpool { h = maxpool(h) }
         h = layer4(layer3(layer2(layer1(h))))
         return globalAvgPool(h)

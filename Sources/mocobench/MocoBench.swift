@@ -84,6 +84,7 @@ struct Step: ParsableCommand {
     @Option var steps = 5
     @Option var warmup = 2
     @Option(help: "Split-BN groups in the key encoder (1 = plain BN, as the PyTorch reference).") var groups = 1
+    @Flag(help: "Run ReLUs as separate passes instead of fused into batch norm and the residual add.") var noFusion = false
 
     func run() throws {
         Runtime.setThreads(threads)
@@ -101,6 +102,8 @@ struct Step: ParsableCommand {
         let encoderQ = encoder(), encoderK = encoder()
         try encoderK.loadStateDict(Dictionary(uniqueKeysWithValues: encoderQ.stateDict().map { ($0.name, $0.tensor) }))
         encoderK.setBatchNormGroups(groups)
+        encoderQ.fused = !noFusion
+        encoderK.fused = !noFusion
         let paramsQ = encoderQ.parameters(), paramsK = encoderK.parameters()
         for p in paramsK { p.requiresGrad = false }
         let queueT = l2Normalized(Tensor.randn([k, dim], using: &rng))   // K x dim: row i is key i
@@ -147,7 +150,7 @@ struct Step: ParsableCommand {
             "step_ms": median * 1e3, "images_per_second": Double(batch) / median, "peak_rss_mb": peakRSSMegabytes(),
             "gflops_per_second": flops / median / 1e9, "flops_per_step": flops, "loss": Double(loss),
             "steady_state_allocations": BufferPool.stats.allocations - allocationsAfterWarmup,
-            "openblas_core": Runtime.openBLASCore, "onednn_isa": Runtime.dnnlISA,
+            "openblas_core": Runtime.openBLASCore, "onednn_isa": Runtime.dnnlISA, "fusion": !noFusion, "groups": groups,
         ])
     }
 }

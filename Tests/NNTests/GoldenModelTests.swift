@@ -50,13 +50,14 @@ import Testing
         try check(block, Fixtures.golden("bottleneck"), rtol: 1e-4, atol: 1e-5)
     }
 
-    /// 20 layers of fp32 with different summation orders (oneDNN vs PyTorch's kernels): errors
-    /// grow with depth, so the whole network is held to rtol 1e-3, atol 1e-4.
+    /// rtol 1e-4 as everywhere, with an absolute floor of 5e-5 instead of 1e-5: after 20 layers of
+    /// fp32 summed in other orders than PyTorch's kernels, small gradient entries (|g| ~ 0.03) of
+    /// the first layers differ by up to ~4e-5.
     @Test func resnet18CifarWidth16() throws {
         let f = try Fixtures.golden("resnet18_cifar_w16")
         var rng = SeededGenerator(seed: 3)
         let model = ResNet(ResNetConfig(arch: .resnet18, stem: .cifar, width: 16, inChannels: 3, numClasses: 10), using: &rng)
-        try check(model, f, rtol: 1e-3, atol: 1e-4)
+        try check(model, f, rtol: 1e-4, atol: 5e-5)
     }
 
     @Test func sgdThreeSteps() throws {

@@ -2,6 +2,7 @@ import Foundation
 import Autograd
 import Kernels
 import NN
+import TestSupport
 import Testing
 
 @Suite(.serialized) struct TrainingTests {
@@ -76,5 +77,24 @@ import Testing
         #expect(warm.rate(base: 1, epoch: 0, step: 0, stepsPerEpoch: 10) == 0.05)
         #expect(warm.rate(base: 1, epoch: 1, step: 9, stepsPerEpoch: 10) == 1)
         #expect(warm.rate(base: 1, epoch: 3, step: 0, stepsPerEpoch: 10) == 1)
+    }
+}
+
+@Suite(.serialized) struct FusionTests {
+    /// Fused ReLUs (inside batch norm and the residual add) compute what separate passes compute.
+    @Test(arguments: [ResNetConfig.Arch.resnet18, .resnet50])
+    func fusedAndUnfusedAgree(arch: ResNetConfig.Arch) {
+        var rng = SeededGenerator(seed: 21)
+        let model = ResNet(ResNetConfig(arch: arch, stem: .imagenet, width: 8, inChannels: 3, numClasses: 5), using: &rng)
+        let x = Tensor.randn([4, 3, 32, 32], using: &rng)
+        func run(_ fused: Bool) -> [[Float]] {
+            model.fused = fused
+            let y = model(x)
+            for p in model.parameters() { p.grad = nil }
+            sum(y).backward()
+            return [y.toArray()] + model.parameters().map { $0.grad!.toArray() }
+        }
+        let a = run(true), b = run(false)
+        for (u, v) in zip(a, b) { #expect(closeness(u, v, rtol: 1e-5, atol: 1e-6).ok) }
     }
 }
