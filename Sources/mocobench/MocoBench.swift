@@ -44,7 +44,33 @@ struct Info: ParsableCommand {
     func run() {
         printJSON(["openblas_core": Runtime.openBLASCore, "openblas_fast": Runtime.openBLASIsFast,
                    "onednn_isa": Runtime.dnnlISA, "max_threads": Runtime.maxThreads,
-                   "cpu_avx512": Runtime.cpuHasAVX512])
+                   "cpu_avx512": Runtime.cpuHasAVX512, "gemm_max_relative_error": Self.gemmError()])
+    }
+
+    /// Largest relative error of OpenBLAS SGEMM (every transpose combination, odd sizes) against
+    /// naive double-precision loops: the kernel the process runs must compute correctly here.
+    static func gemmError() -> Double {
+        var rng = SeededGenerator(seed: 2)
+        let (m, n, k) = (67, 45, 129)
+        var worst = 0.0
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let a = Tensor.randn(ta ? [k, m] : [m, k], using: &rng), b = Tensor.randn(tb ? [n, k] : [k, n], using: &rng)
+                let c = matmul(a, b, transposeA: ta, transposeB: tb).toArray()
+                let av = a.toArray(), bv = b.toArray()
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var s = 0.0, mag = 0.0
+                        for p in 0..<k {
+                            let x = Double(ta ? av[p * m + i] : av[i * k + p]) * Double(tb ? bv[j * k + p] : bv[p * n + j])
+                            s += x; mag += abs(x)
+                        }
+                        worst = max(worst, abs(Double(c[i * n + j]) - s) / max(mag, 1e-30))
+                    }
+                }
+            }
+        }
+        return worst
     }
 }
 
