@@ -10,6 +10,9 @@ let package = Package(
         .library(name: "Kernels", targets: ["Kernels"]),
         .library(name: "Autograd", targets: ["Autograd"]),
         .library(name: "NN", targets: ["NN"]),
+        .library(name: "Data", targets: ["Data"]),
+        .library(name: "MoCo", targets: ["MoCo"]),
+        .executable(name: "moco", targets: ["moco"]),
         .executable(name: "mocobench", targets: ["mocobench"]),
     ],
     dependencies: [
@@ -18,9 +21,19 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+        .systemLibrary(name: "CTurboJPEG", path: "Sources/CTurboJPEG"),
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto"),
         .target(name: "Kernels", dependencies: ["CDNNL", "COpenBLAS"]),
         .target(name: "Autograd", dependencies: ["Kernels"]),
         .target(name: "NN", dependencies: ["Autograd", "Kernels"]),
+        .target(name: "Data", dependencies: ["CZlib", "CPNG", "CTurboJPEG", "Autograd", "Kernels"]),
+        .target(name: "MoCo", dependencies: ["Data", "NN", "Autograd", "Kernels", "CCrypto"]),
+        .executableTarget(
+            name: "moco",
+            dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "mocobench",
             dependencies: ["NN", "Autograd", "Kernels",

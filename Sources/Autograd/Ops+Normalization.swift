@@ -16,7 +16,7 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor, runningMean: Te
     let n = x.shape[0], c = x.shape[1]
     precondition(x.shape.count == 2 || x.shape.count == 4, "batchNorm wants N x C or N x C x H x W, got \(x.shape)")
     precondition(weight.shape == [c] && bias.shape == [c] && runningMean.shape == [c] && runningVar.shape == [c])
-    precondition(groups >= 1 && n % groups == 0, "batch \(n) does not split into \(groups) equal groups")
+    precondition(groups >= 1 && (!training || n % groups == 0), "batch \(n) does not split into \(groups) equal groups")
     let needsGrad = Tensor.needsGrad(x, weight, bias)
     let mode: BatchNormKernel.Mode = training ? .batchStats : (needsGrad ? .globalStatsTrainable : .inference)
     let g = training ? groups : 1

@@ -68,3 +68,24 @@ public func concat(_ parts: [Tensor], axis: Int = 0) -> Tensor {
         }
     }
 }
+
+/// Rows of `x` along the first axis in the order `index` (a permutation, or any selection).
+public func gatherRows(_ x: Tensor, _ index: [Int]) -> Tensor {
+    let p = x.plain()
+    let n = p.shape.first ?? 0
+    let row = p.count / max(n, 1)
+    var shape = p.shape
+    shape[0] = index.count
+    let out = Tensor(uninitialized: shape)
+    for (i, j) in index.enumerated() {
+        precondition(j >= 0 && j < n, "gatherRows: index \(j) outside 0..<\(n)")
+        (out.floats + i * row).update(from: p.floats + j * row, count: row)
+    }
+    return Tensor.result(shape: shape, desc: out.desc, buffer: out.buffer, inputs: [p]) { gy in
+        // Scatter-add: a row picked twice receives both gradients.
+        let g = gy.plain()
+        let gx = Tensor.zeros(p.shape)
+        for (i, j) in index.enumerated() { Vector.accumulate(gx.floats + j * row, g.floats + i * row, count: row) }
+        return [gx]
+    }
+}

@@ -217,3 +217,12 @@ func accumulated(_ a: Tensor, _ b: Tensor) -> Tensor {
     Vector.add(a.floats, bb.floats, into: out.floats, count: a.physicalCount)
     return Tensor(shape: a.shape, desc: a.desc, buffer: out)
 }
+
+extension Tensor {
+    /// A row-major tensor over an existing buffer (e.g. a batch a data worker filled).
+    public convenience init(shape: [Int], buffer: Buffer) {
+        let d = Tensor.plainDesc(shape)
+        precondition(buffer.byteCount >= d.byteCount, "buffer of \(buffer.byteCount) bytes for shape \(shape)")
+        self.init(shape: shape, desc: d, buffer: buffer)
+    }
+}

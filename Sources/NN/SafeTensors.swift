@@ -225,3 +225,36 @@ public struct SafeTensorsFile: Sendable, Equatable {
         return out
     }
 }
+
+extension SafeTensorsFile {
+    /// The header of a safetensors file (names, dtypes, shapes and `__metadata__`), without
+    /// reading the tensor data.
+    public struct Header: Sendable {
+        public var metadata: [String: String]
+        public var entries: [(name: String, dtype: SafeTensor.DType, shape: [Int])]
+    }
+
+    public static func readHeader(from url: URL) throws(SafeTensorsError) -> Header {
+        guard let handle = try? FileHandle(forReadingFrom: url) else {
+            throw SafeTensorsError(.io, "cannot open", file: url.path)
+        }
+        defer { try? handle.close() }
+        let prefix = (try? handle.read(upToCount: 8)) ?? Data()
+        guard prefix.count == 8 else { throw SafeTensorsError(.truncated, "shorter than the 8-byte header length", file: url.path) }
+        var n: UInt64 = 0
+        for (i, byte) in prefix.enumerated() { n |= UInt64(byte) << UInt64(8 * i) }
+        guard n <= UInt64(maxHeaderBytes) else { throw SafeTensorsError(.badHeader, "header length \(n) exceeds the limit", file: url.path) }
+        let json = (try? handle.read(upToCount: Int(n))) ?? Data()
+        guard json.count == Int(n), let object = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
+            throw SafeTensorsError(.badHeader, "header is truncated or not a JSON object", file: url.path)
+        }
+        var meta: [String: String] = [:]
+        var entries: [(name: String, dtype: SafeTensor.DType, shape: [Int])] = []
+        for (k, v) in object {
+            if k == "__metadata__" { for (mk, mv) in (v as? [String: Any]) ?? [:] { meta[mk] = mv as? String } ; continue }
+            guard let e = v as? [String: Any], let d = (e["dtype"] as? String).flatMap(SafeTensor.DType.init(rawValue:)) else { continue }
+            entries.append((k, d, (e["shape"] as? [Int]) ?? []))
+        }
+        return Header(metadata: meta, entries: entries.sorted { $0.name < $1.name })
+    }
+}

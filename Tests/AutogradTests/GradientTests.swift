@@ -124,6 +124,8 @@ import Testing
         expectGood(gradientCheck([a, a2]) { multiply($0[0], $0[1]) }, "multiply")
         let x = rand([2, 3, 2, 2], 30)
         expectGood(gradientCheck([x]) { $0[0].reshaped([2, -1]) }, "reshape")
+        let rows = rand([4, 3], 35)
+        expectGood(gradientCheck([rows]) { gatherRows($0[0], [2, 0, 3, 1, 2]) }, "gatherRows")
     }
 
     @Test func convThroughBlockedLayouts() {

@@ -1,0 +1,138 @@
+import Autograd
+import Kernels
+import NN
+
+/// Momentum Contrast (He et al. 2019, arXiv 1911.05722, Algorithm 1; v2: Chen et al. 2020,
+/// arXiv 2003.04297): a query encoder trained by SGD, a key encoder that follows it by EMA, and
+/// a queue of past keys as negatives for the InfoNCE loss.
+public final class MoCoModel {
+    public let encoderQ: ResNet
+    public let encoderK: ResNet
+    /// The queue, one L2-normalized key per row: `K x dim`.
+    public let queue: Tensor
+    public var queuePointer = 0
+    public let momentum: Float
+    public let temperature: Float
+    public let symmetric: Bool
+    let paramsQ: [Tensor]
+    let paramsK: [Tensor]
+
+    /// Builds both encoders (the key encoder starts as a copy of the query encoder) and a queue of
+    /// random unit vectors. `mlpHidden`: nil = feature width, 0 = linear head (v1).
+    public init(config: ResNetConfig, mlpHidden: Int?, queueSize: Int, momentum: Float, temperature: Float,
+                bnSplits: Int, symmetric: Bool, rng: inout SeededGenerator) {
+        func encoder() -> ResNet {
+            let e = ResNet(config, using: &rng)
+            let hidden = mlpHidden ?? config.featureDimension
+            if hidden > 0 {
+                // v2's MLP head takes fc's place: fc.0 Linear, fc.1 ReLU, fc.2 Linear (the MoCo code's naming).
+                e.fc = Sequential([Linear(inputFeatures: config.featureDimension, outputFeatures: hidden, using: &rng), ReLU(),
+                                   Linear(inputFeatures: hidden, outputFeatures: config.numClasses, using: &rng)])
+            }
+            e.setBatchNormGroups(bnSplits)
+            return e
+        }
+        encoderQ = encoder()
+        encoderK = encoder()
+        for (k, q) in zip(encoderK.stateEntries(), encoderQ.stateEntries()) {
+            switch (k, q) {
+            case (.parameter(_, let a), .parameter(_, let b)), (.buffer(_, let a), .buffer(_, let b)): a.assign(b)
+            default: break
+            }
+        }
+        paramsQ = encoderQ.parameters()
+        paramsK = encoderK.parameters()
+        for p in paramsK { p.requiresGrad = false }
+        queue = l2Normalized(Tensor.randn([queueSize, config.numClasses], using: &rng))
+        self.momentum = momentum
+        self.temperature = temperature
+        self.symmetric = symmetric
+    }
+
+    /// `θk ← m·θk + (1−m)·θq` for every parameter (buffers are the key encoder's own).
+    public func momentumUpdate() {
+        for (k, q) in zip(paramsK, paramsQ) { Vector.ema(k.floats, toward: q.floats, count: k.count, momentum: momentum) }
+    }
+
+    /// Keys for `x` with shuffle BN on one process: the batch is permuted, encoded with split
+    /// BN (each group's statistics then mix images from all over the batch), and un-permuted.
+    public func keys(_ x: Tensor, rng: inout SeededGenerator) -> Tensor {
+        let n = x.shape[0]
+        var perm = Array(0..<n)
+        for i in stride(from: n - 1, to: 0, by: -1) { perm.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        return GradMode.withNoGrad {
+            let k = l2Normalized(encoderK(gatherRows(x, perm)))      // N x dim, shuffled order
+            var inverse = perm
+            for (pos, i) in perm.enumerated() { inverse[i] = pos }
+            return gatherRows(k, inverse)                            // original order
+        }
+    }
+
+    /// InfoNCE of queries against their positive keys and the queue: logits `N x (1+K)` =
+    /// `[q·k⁺, q·queueᵀ] / T`, cross entropy with the positive at index 0.
+    public func contrastiveLoss(_ q: Tensor, _ k: Tensor) -> (loss: Tensor, instanceAccuracy: Float) {
+        let positive = sumRows(multiply(q, k))                         // N x 1
+        let negative = matmul(q, queue, transposeB: true)              // N x K
+        let logits = concat([positive, negative], axis: 1) / temperature   // N x (1+K)
+        let n = q.shape[0], width = logits.shape[1]
+        // Instance accuracy: is the positive ranked first among the K+1 candidates?
+        let l = logits.floats
+        var hits = 0
+        for i in 0..<n {
+            let row = l + i * width
+            var best = 0
+            for j in 1..<width where row[j] > row[best] { best = j }
+            if best == 0 { hits += 1 }
+        }
+        return (crossEntropy(logits, targets: [Int](repeating: 0, count: n)), Float(hits) / Float(n))
+    }
+
+    /// One forward pass of the method: the loss (graph recorded for the query encoder) and the
+    /// keys to enqueue after the optimizer step.
+    public func forward(_ x1: Tensor, _ x2: Tensor, rng: inout SeededGenerator) -> StepResult {
+        momentumUpdate()
+        if symmetric {
+            let q1 = l2Normalized(encoderQ(x1)), q2 = l2Normalized(encoderQ(x2))
+            let k1 = keys(x1, rng: &rng), k2 = keys(x2, rng: &rng)
+            let (l12, a12) = contrastiveLoss(q1, k2), (l21, a21) = contrastiveLoss(q2, k1)
+            return StepResult(loss: l12 + l21, keys: concat([k1, k2], axis: 0), instanceAccuracy: (a12 + a21) / 2,
+                              featureStd: featureStd(q1))
+        }
+        let q = l2Normalized(encoderQ(x1))                            // N x dim
+        let k = keys(x2, rng: &rng)                                    // N x dim
+        let (loss, acc) = contrastiveLoss(q, k)
+        return StepResult(loss: loss, keys: k, instanceAccuracy: acc, featureStd: featureStd(q))
+    }
+
+    /// Writes `keys` into the queue at the pointer and advances it (K is a multiple of the count).
+    public func enqueue(_ keys: Tensor) {
+        let n = keys.shape[0], dim = queue.shape[1], k = queue.shape[0]
+        precondition(k % n == 0, "queue size \(k) is not a multiple of \(n) keys")
+        let src = keys.plain()
+        (queue.floats + queuePointer * dim).update(from: src.floats, count: n * dim)
+        queuePointer = (queuePointer + n) % k
+    }
+
+    /// Mean over dimensions of the per-dimension standard deviation of L2-normalized features
+    /// across the batch: about `1/sqrt(dim)` when healthy, near 0 when the features collapse.
+    func featureStd(_ q: Tensor) -> Float {
+        let n = q.shape[0], d = q.shape[1]
+        let v = q.floats
+        var total: Float = 0
+        for j in 0..<d {
+            var s: Float = 0, s2: Float = 0
+            for i in 0..<n { let x = v[i * d + j]; s += x; s2 += x * x }
+            let mean = s / Float(n)
+            total += max(s2 / Float(n) - mean * mean, 0).squareRoot()
+        }
+        return total / Float(d)
+    }
+}
+
+public struct StepResult {
+    public let loss: Tensor
+    public let keys: Tensor
+    public let instanceAccuracy: Float
+    public let featureStd: Float
+}
+

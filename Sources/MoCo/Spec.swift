@@ -1,0 +1,326 @@
+import Data
+import Foundation
+import NN
+
+/// One problem with a job spec: the field's dotted path and what is wrong.
+public struct FieldIssue: Sendable, Equatable, Codable, CustomStringConvertible {
+    public let field: String
+    public let problem: String
+    public init(_ field: String, _ problem: String) { self.field = field; self.problem = problem }
+    public var description: String { "\(field): \(problem)" }
+}
+
+/// A job spec that cannot be accepted, with every problem found (not just the first).
+public struct SpecError: Error, Sendable, CustomStringConvertible {
+    public let issues: [FieldIssue]
+    public init(_ issues: [FieldIssue]) { self.issues = issues }
+    public var description: String { "invalid job spec:\n" + issues.map { "  - \($0)" }.joined(separator: "\n") }
+}
+
+/// The job spec: the public contract shared by `moco train` and the daemon (see README).
+/// Omitted fields take the method's preset; unknown fields are rejected by their path.
+public struct JobSpec: Codable, Sendable, Equatable {
+    public enum Method: String, Codable, Sendable, CaseIterable { case moco_v2, moco_v1 }
+
+    public struct DataSource: Codable, Sendable, Equatable {
+        /// `idx`, `cifar10`, `cifar100`, `folder` or `npy`.
+        public var format: String
+        public var path: String
+        /// `train` or `test` (ignored by `npy`; a subfolder name for `folder` when it exists).
+        public var split: String
+        public var limit: Int?
+        public init(format: String, path: String, split: String, limit: Int? = nil) {
+            self.format = format; self.path = path; self.split = split; self.limit = limit
+        }
+    }
+
+    public struct Eval: Codable, Sendable, Equatable {
+        public var format: String
+        public var path: String
+        public var split: String
+        public var limit: Int?
+        public var knn_k: Int
+        public var knn_t: Float
+        public var every_epochs: Int
+        public var source: DataSource { DataSource(format: format, path: path, split: split, limit: limit) }
+    }
+
+    public struct Model: Codable, Sendable, Equatable {
+        public var arch: ResNetConfig.Arch
+        public var stem: ResNetConfig.Stem
+        public var width: Int
+        public var in_channels: Int
+        /// Output dimension of the projection head.
+        public var dim: Int
+        /// Hidden width of the v2 MLP head; null = the backbone's feature width; 0 = a linear head (v1).
+        public var mlp_hidden: Int?
+    }
+
+    public struct MoCoParameters: Codable, Sendable, Equatable {
+        public var queue: Int
+        public var momentum: Float
+        public var temperature: Float
+        /// Split-BN groups: batch-norm statistics over this many sub-batches (shuffle BN on one process).
+        public var bn_splits: Int
+        public var symmetric: Bool
+    }
+
+    public struct Augmentation: Codable, Sendable, Equatable {
+        public var preset: AugmentConfig.Preset
+        public var size: Int
+        /// Per-channel mean/std for normalization; null = computed from the training split.
+        public var mean: [Float]?
+        public var std: [Float]?
+    }
+
+    public struct Optimization: Codable, Sendable, Equatable {
+        public var batch_size: Int
+        public var epochs: Int
+        /// Learning rate at batch size 256 scaled linearly (`lr * batch_size / 256`) when
+        /// `lr_scaling` is `linear`; as given when `none`.
+        public var lr: Float
+        public var lr_scaling: String
+        public var weight_decay: Float
+        public var momentum: Float
+        /// `cosine` (per epoch), `cosine_step` (per step), `step` (x0.1 at `milestones`), `constant`.
+        public var schedule: String
+        public var milestones: [Int]
+        public var warmup_epochs: Int
+    }
+
+    public struct Checkpointing: Codable, Sendable, Equatable {
+        public var every_epochs: Int?
+        public var every_steps: Int?
+        public var keep_last: Int
+        public var keep_best: Int
+    }
+
+    public var name: String
+    public var method: Method
+    public var data: DataSource
+    public var eval: Eval?
+    public var model: Model
+    public var moco: MoCoParameters
+    public var augment: Augmentation
+    public var optim: Optimization
+    public var checkpoint: Checkpointing
+    public var seed: UInt64
+    public var threads: Int
+
+    // MARK: - Presets
+
+    /// The preset of a method as a JSON object (every field present, nulls included).
+    public static func preset(_ method: Method) -> [String: Any] {
+        let v2 = method == .moco_v2
+        return [
+            "name": "moco-job",
+            "method": method.rawValue,
+            "data": ["format": "idx", "path": NSNull(), "split": "train", "limit": NSNull()] as [String: Any],
+            "eval": NSNull(),
+            // The papers' ImageNet defaults: ResNet-50, 224px, K 65536, m 0.999.
+            "model": ["arch": "resnet50", "stem": "imagenet", "width": 64, "in_channels": 3, "dim": 128,
+                      "mlp_hidden": v2 ? NSNull() : 0] as [String: Any],
+            "moco": ["queue": 65536, "momentum": 0.999, "temperature": v2 ? 0.2 : 0.07, "bn_splits": 1, "symmetric": false] as [String: Any],
+            "augment": ["preset": v2 ? "v2" : "v1", "size": 224, "mean": NSNull(), "std": NSNull()] as [String: Any],
+            "optim": ["batch_size": 256, "epochs": 200, "lr": 0.03, "lr_scaling": "linear", "weight_decay": 1e-4, "momentum": 0.9,
+                      "schedule": v2 ? "cosine" : "step", "milestones": [120, 160], "warmup_epochs": 0] as [String: Any],
+            "checkpoint": ["every_epochs": 1, "every_steps": NSNull(), "keep_last": 3, "keep_best": 1] as [String: Any],
+            "seed": 0,
+            "threads": 2,
+        ]
+    }
+
+    static var evalDefaults: [String: Any] { ["format": "idx", "path": NSNull(), "split": "test", "limit": NSNull(),
+                                              "knn_k": 200, "knn_t": 0.1, "every_epochs": 1] }
+
+    // MARK: - Parsing
+
+    /// Parses and validates a spec: merges it over its method's preset, rejects unknown fields,
+    /// type errors and out-of-range values, all reported together.
+    public static func parse(_ json: Data) throws(SpecError) -> JobSpec {
+        guard let object = try? JSONSerialization.jsonObject(with: json, options: [.fragmentsAllowed]) else {
+            throw SpecError([FieldIssue("$", "not valid JSON")])
+        }
+        guard let user = object as? [String: Any] else { throw SpecError([FieldIssue("$", "must be a JSON object")]) }
+        var issues: [FieldIssue] = []
+        var method = Method.moco_v2
+        if let m = user["method"] {
+            if let s = m as? String, let parsed = Method(rawValue: s) { method = parsed } else {
+                issues.append(FieldIssue("method", "must be one of \(Method.allCases.map(\.rawValue).joined(separator: ", "))"))
+            }
+        }
+        var base = preset(method)
+        if user["eval"] is [String: Any] { base["eval"] = evalDefaults }
+        let merged = merge(base, user, path: "", issues: &issues)
+        guard issues.isEmpty else { throw SpecError(issues) }
+        let spec: JobSpec
+        do {
+            let data = try JSONSerialization.data(withJSONObject: merged)
+            spec = try JSONDecoder().decode(JobSpec.self, from: data)
+        } catch let error as DecodingError {
+            throw SpecError([describe(error)])
+        } catch {
+            throw SpecError([FieldIssue("$", "\(error)")])
+        }
+        let problems = spec.validate()
+        guard problems.isEmpty else { throw SpecError(problems) }
+        return spec
+    }
+
+    /// `user` over `base`: objects merge field by field; a field `base` lacks is unknown.
+    static func merge(_ base: [String: Any], _ user: [String: Any], path: String, issues: inout [FieldIssue]) -> [String: Any] {
+        var out = base
+        for (key, value) in user {
+            let p = path.isEmpty ? key : "\(path).\(key)"
+            guard let b = base[key] else { issues.append(FieldIssue(p, "unknown field")); continue }
+            if let bo = b as? [String: Any] {
+                if let uo = value as? [String: Any] { out[key] = merge(bo, uo, path: p, issues: &issues) }
+                else if value is NSNull, key == "eval" { out[key] = NSNull() }
+                else { issues.append(FieldIssue(p, "must be an object")) }
+            } else {
+                out[key] = value
+            }
+        }
+        return out
+    }
+
+    static func describe(_ error: DecodingError) -> FieldIssue {
+        func path(_ c: [CodingKey]) -> String { c.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".").replacingOccurrences(of: ".[", with: "[") }
+        switch error {
+        case .typeMismatch(let t, let ctx): return FieldIssue(path(ctx.codingPath), "must be \(typeName(t))")
+        case .valueNotFound(let t, let ctx): return FieldIssue(path(ctx.codingPath), "is required (\(typeName(t)))")
+        case .keyNotFound(let k, let ctx): return FieldIssue(path(ctx.codingPath + [k]), "is required")
+        case .dataCorrupted(let ctx):
+            let p = path(ctx.codingPath)
+            return FieldIssue(p.isEmpty ? "$" : p, ctx.debugDescription.contains("Cannot initialize") ? "has an unsupported value" : ctx.debugDescription)
+        @unknown default: return FieldIssue("$", "\(error)")
+        }
+    }
+
+    static func typeName(_ t: Any.Type) -> String {
+        switch t {
+        case is Int.Type, is UInt64.Type, is Int?.Type: "an integer"
+        case is Float.Type, is Double.Type: "a number"
+        case is String.Type: "a string"
+        case is Bool.Type: "true or false"
+        default: "\(t)"
+        }
+    }
+
+    // MARK: - Validation
+
+    public static let formats = ["idx", "cifar10", "cifar100", "folder", "npy"]
+    public static let schedules = ["cosine", "cosine_step", "step", "constant"]
+
+    /// Range and consistency checks on a decoded spec (every problem, in field order).
+    public func validate() -> [FieldIssue] {
+        var p: [FieldIssue] = []
+        func need(_ ok: Bool, _ field: String, _ problem: String) { if !ok { p.append(FieldIssue(field, problem)) } }
+        need(!name.isEmpty && name.count <= 128, "name", "must be 1 to 128 characters")
+        need(name.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value != 0x7f }, "name", "must not contain control characters")
+        need(Self.formats.contains(data.format), "data.format", "must be one of \(Self.formats.joined(separator: ", "))")
+        need(!data.path.isEmpty, "data.path", "is required")
+        need(data.limit.map { $0 > 0 } ?? true, "data.limit", "must be positive or null")
+        if let e = eval {
+            need(Self.formats.contains(e.format), "eval.format", "must be one of \(Self.formats.joined(separator: ", "))")
+            need(!e.path.isEmpty, "eval.path", "is required")
+            need(e.limit.map { $0 > 0 } ?? true, "eval.limit", "must be positive or null")
+            need(e.knn_k >= 1 && e.knn_k <= 10_000, "eval.knn_k", "must be between 1 and 10000")
+            need(e.knn_t > 0 && e.knn_t.isFinite, "eval.knn_t", "must be positive")
+            need(e.every_epochs >= 1, "eval.every_epochs", "must be at least 1")
+        }
+        need(model.width >= 1 && model.width <= 256, "model.width", "must be between 1 and 256")
+        need(model.in_channels == 1 || model.in_channels == 3, "model.in_channels", "must be 1 or 3")
+        need(model.dim >= 1 && model.dim <= 4096, "model.dim", "must be between 1 and 4096")
+        need(model.mlp_hidden.map { $0 >= 0 && $0 <= 16384 } ?? true, "model.mlp_hidden", "must be between 0 and 16384, or null")
+        need(moco.queue >= 1 && moco.queue <= 1 << 20, "moco.queue", "must be between 1 and 1048576")
+        need(moco.momentum >= 0 && moco.momentum < 1, "moco.momentum", "must be in [0, 1)")
+        need(moco.temperature > 0 && moco.temperature.isFinite, "moco.temperature", "must be positive")
+        need(moco.bn_splits >= 1, "moco.bn_splits", "must be at least 1")
+        need(augment.size >= 8 && augment.size <= 512, "augment.size", "must be between 8 and 512")
+        for (field, values) in [("augment.mean", augment.mean), ("augment.std", augment.std)] {
+            if let v = values {
+                need(v.count == 1 || v.count == model.in_channels, field, "must have 1 or in_channels (\(model.in_channels)) values")
+            }
+        }
+        if let s = augment.std { need(s.allSatisfy { $0 > 0 }, "augment.std", "values must be positive") }
+        need(optim.batch_size >= 2 && optim.batch_size <= 4096, "optim.batch_size", "must be between 2 and 4096")
+        need(optim.epochs >= 1 && optim.epochs <= 10_000, "optim.epochs", "must be between 1 and 10000")
+        need(optim.lr > 0 && optim.lr.isFinite, "optim.lr", "must be positive")
+        need(["linear", "none"].contains(optim.lr_scaling), "optim.lr_scaling", "must be linear or none")
+        need(optim.weight_decay >= 0, "optim.weight_decay", "must not be negative")
+        need(optim.momentum >= 0 && optim.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        need(Self.schedules.contains(optim.schedule), "optim.schedule", "must be one of \(Self.schedules.joined(separator: ", "))")
+        need(optim.warmup_epochs >= 0 && optim.warmup_epochs < optim.epochs, "optim.warmup_epochs", "must be at least 0 and below epochs")
+        need(checkpoint.every_epochs.map { $0 >= 1 } ?? true, "checkpoint.every_epochs", "must be at least 1 or null")
+        need(checkpoint.every_steps.map { $0 >= 1 } ?? true, "checkpoint.every_steps", "must be at least 1 or null")
+        need(checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be at least 1")
+        need(checkpoint.keep_best >= 0, "checkpoint.keep_best", "must not be negative")
+        need(threads >= 1 && threads <= 256, "threads", "must be between 1 and 256")
+        // Consistency between sections.
+        if optim.batch_size >= 2 {
+            let perStep = moco.symmetric ? 2 * optim.batch_size : optim.batch_size
+            need(moco.queue % perStep == 0, "moco.queue",
+                 "must be a multiple of \(moco.symmetric ? "2 x batch_size" : "batch_size") (\(perStep)) so keys enqueue without wrapping")
+            need(optim.batch_size % moco.bn_splits == 0, "moco.bn_splits", "must divide batch_size (\(optim.batch_size))")
+            if optim.batch_size % moco.bn_splits == 0, moco.bn_splits >= 1 {
+                need(optim.batch_size / moco.bn_splits >= 2, "moco.bn_splits", "leaves fewer than 2 images per split")
+            }
+        }
+        return p
+    }
+
+    /// The learning rate actually used (`lr` scaled by `batch_size / 256` under linear scaling).
+    public var effectiveLearningRate: Float {
+        optim.lr_scaling == "linear" ? optim.lr * Float(optim.batch_size) / 256 : optim.lr
+    }
+
+    public var schedule: LearningRateSchedule {
+        let main: LearningRateSchedule = switch optim.schedule {
+        case "cosine": .cosine(epochs: optim.epochs, perStep: false)
+        case "cosine_step": .cosine(epochs: optim.epochs, perStep: true)
+        case "step": .multiStep(milestones: optim.milestones, gamma: 0.1)
+        default: .constant
+        }
+        return optim.warmup_epochs > 0 ? .warmup(epochs: optim.warmup_epochs, then: main) : main
+    }
+
+    public var resnetConfig: ResNetConfig {
+        ResNetConfig(arch: model.arch, stem: model.stem, width: model.width, inChannels: model.in_channels, numClasses: model.dim)
+    }
+
+    /// The spec as canonical JSON (sorted keys), as stored in checkpoints.
+    public func canonicalJSON() -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return String(decoding: try! enc.encode(self), as: UTF8.self)
+    }
+}
+
+/// Checks that need the data: sizes against the spec. Returns warnings; throws on errors.
+public struct Preflight: Sendable {
+    public var warnings: [String] = []
+
+    public static func check(_ spec: JobSpec, train: ImageDataset, eval: ImageDataset?) throws(SpecError) -> Preflight {
+        var issues: [FieldIssue] = []
+        var out = Preflight()
+        if spec.optim.batch_size > train.count {
+            issues.append(FieldIssue("optim.batch_size", "is \(spec.optim.batch_size) but the training split has only \(train.count) images"))
+        }
+        if train.channels != spec.model.in_channels {
+            issues.append(FieldIssue("model.in_channels", "is \(spec.model.in_channels) but the images have \(train.channels) channel(s)"))
+        }
+        if let eval {
+            if eval.labels == nil { issues.append(FieldIssue("eval", "the evaluation split has no labels")) }
+            if train.labels == nil { issues.append(FieldIssue("data", "kNN evaluation needs labels on the training split (the feature bank)")) }
+            if eval.channels != train.channels || eval.height != train.height || eval.width != train.width {
+                issues.append(FieldIssue("eval", "images are \(eval.height)x\(eval.width)x\(eval.channels), training images \(train.height)x\(train.width)x\(train.channels)"))
+            }
+        }
+        if spec.moco.queue > train.count {
+            out.warnings.append("moco.queue (\(spec.moco.queue)) exceeds the \(train.count) training images: the queue will hold stale keys of the same images")
+        }
+        guard issues.isEmpty else { throw SpecError(issues) }
+        return out
+    }
+}

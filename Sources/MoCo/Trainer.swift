@@ -1,0 +1,227 @@
+import Autograd
+import Data
+import Foundation
+import Kernels
+import NN
+
+/// One line of the metrics stream (`metrics.jsonl`): a training step or an evaluation.
+public struct MetricPoint: Sendable, Codable, Equatable {
+    public var kind: String
+    /// Optimizer steps done (1-based after the first step).
+    public var step: Int
+    /// Epoch in progress, 1-based.
+    public var epoch: Int
+    public var total_steps: Int
+    public var loss: Double?
+    public var lr: Double?
+    public var images_per_second: Double?
+    /// Share of the step spent waiting for the data workers.
+    public var data_wait_share: Double?
+    /// How often the positive key ranks first among the K+1 candidates.
+    public var instance_accuracy: Double?
+    /// Std of L2-normalized query features across the batch (≈ 1/sqrt(dim) healthy, → 0 collapsed).
+    public var feature_std: Double?
+    /// ln(K+1): the loss of a model that cannot tell keys apart (where training starts).
+    public var loss_at_chance: Double?
+    public var eta_seconds: Double?
+    /// kNN top-1 on the evaluation split, in percent.
+    public var knn_top1: Double?
+    public var time: Double
+}
+
+/// What the trainer reports while it runs.
+public enum TrainingEvent: Sendable {
+    case started(totalSteps: Int, startStep: Int, warnings: [String])
+    case step(MetricPoint)
+    case evaluated(MetricPoint)
+    case checkpointed(URL, sha256: String)
+    case message(String)
+}
+
+public enum TrainingOutcome: Sendable, Equatable {
+    case finished
+    /// Stopped on request after `step` steps, with a checkpoint there.
+    case stopped(step: Int)
+    /// Stopped by a fault (e.g. a non-finite loss); the last good checkpoint is kept.
+    case failed(reason: String)
+}
+
+/// Runs a MoCo job: data, model, optimizer, metrics, evaluation and checkpoints, on the
+/// calling thread (which becomes the compute thread).
+public final class Trainer {
+    public let spec: JobSpec
+    public let train: ImageDataset
+    public let eval: ImageDataset?
+    public let outDirectory: URL
+    public let workers: Int
+    public let mean: [Float]
+    public let std: [Float]
+    public let store: CheckpointStore
+    let emit: (TrainingEvent) -> Void
+
+    public init(spec: JobSpec, train: ImageDataset, eval: ImageDataset?, outDirectory: URL, workers: Int = 1,
+                events: @escaping (TrainingEvent) -> Void = { _ in }) {
+        self.spec = spec
+        self.train = train
+        self.eval = eval
+        self.outDirectory = outDirectory
+        self.workers = workers
+        self.emit = events
+        let stats = train.channelStatistics()
+        mean = spec.augment.mean ?? stats.mean.map { Float($0) }
+        std = spec.augment.std ?? stats.std.map { Float(max($0, 1e-6)) }
+        store = CheckpointStore(directory: outDirectory.appendingPathComponent("checkpoints"),
+                                keepLast: spec.checkpoint.keep_last, keepBest: spec.checkpoint.keep_best)
+    }
+
+    public var augmentConfig: AugmentConfig {
+        AugmentConfig(preset: spec.augment.preset, size: spec.augment.size, mean: mean, std: std)
+    }
+
+    /// Builds the model and optimizer exactly as a fresh run does (seeded by the spec).
+    public func makeModel() -> (MoCoModel, SGD) {
+        var rng = SeededGenerator(seed: StreamSeed.mix(spec.seed, 1))
+        let model = MoCoModel(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, queueSize: spec.moco.queue,
+                              momentum: spec.moco.momentum, temperature: spec.moco.temperature, bnSplits: spec.moco.bn_splits,
+                              symmetric: spec.moco.symmetric, rng: &rng)
+        let opt = SGD(parameters: model.encoderQ.parameters(), learningRate: spec.effectiveLearningRate,
+                      momentum: spec.optim.momentum, weightDecay: spec.optim.weight_decay)
+        return (model, opt)
+    }
+
+    /// Trains until the last epoch, a stop request (checked between steps), `stopAfterSteps`
+    /// total steps, or a fault. `resume` continues from a checkpoint exactly where it stood.
+    public func run(resume: URL? = nil, stopAfterSteps: Int? = nil, shouldStop: () -> Bool = { false }) throws -> TrainingOutcome {
+        Runtime.setThreads(spec.threads)
+        let preflight = try Preflight.check(spec, train: train, eval: eval)
+        try FileManager.default.createDirectory(at: store.directory, withIntermediateDirectories: true)
+        store.removeLeftovers()
+        let (model, opt) = makeModel()
+        var shuffleRNG = SeededGenerator(seed: StreamSeed.mix(spec.seed, 2))
+        var step = 0
+        var bestKNN: Double?
+        if let resume {
+            let info = try Checkpoint.restore(SafeTensorsFile.read(from: resume), model: model, optimizer: opt, rng: &shuffleRNG)
+            step = info.step
+            bestKNN = info.knnTop1
+            emit(.message("resumed from \(resume.lastPathComponent) at step \(step)"))
+        }
+        let loader = BatchLoader(dataset: train, augment: augmentConfig, batchSize: spec.optim.batch_size, views: 2,
+                                 seed: spec.seed, workers: workers)
+        let perEpoch = loader.batchesPerEpoch
+        let total = perEpoch * spec.optim.epochs
+        emit(.started(totalSteps: total, startStep: step, warnings: preflight.warnings))
+        let metrics = try MetricsWriter(url: outDirectory.appendingPathComponent("metrics.jsonl"), truncateAfterStep: step)
+        let base = spec.effectiveLearningRate
+        let schedule = spec.schedule
+        let chance = log(Double(spec.moco.queue + 1))
+        let size = spec.augment.size, channels = train.channels, batch = spec.optim.batch_size
+        let started = Date()
+        let firstStep = step
+        var lastCheckpointStep = -1
+
+        func checkpoint(epoch: Int, knn: Double?) throws {
+            let info = CheckpointInfo(step: step, epoch: epoch, knnTop1: knn, spec: spec, created: Date())
+            let url = store.directory.appendingPathComponent(Checkpoint.fileName(epoch: epoch, step: step))
+            let digest = try Checkpoint.write(Checkpoint.encode(model: model, optimizer: opt, info: info, rng: shuffleRNG), to: url)
+            store.prune()
+            lastCheckpointStep = step
+            emit(.checkpointed(url, sha256: digest))
+        }
+
+        var epoch = step / max(perEpoch, 1)
+        while epoch < spec.optim.epochs {
+            let stream = loader.epoch(epoch, startingAt: step - epoch * perEpoch)
+            var lastWait = 0.0
+            var tick = Date()
+            while let b = stream.next() {
+                let inBatch = step - epoch * perEpoch
+                let lr = schedule.rate(base: base, epoch: epoch, step: inBatch, stepsPerEpoch: perEpoch)
+                opt.learningRate = lr
+                let x1 = Tensor(shape: [batch, channels, size, size], buffer: b.views[0])
+                let x2 = Tensor(shape: [batch, channels, size, size], buffer: b.views[1])
+                let result = model.forward(x1, x2, rng: &shuffleRNG)
+                let loss = result.loss.item
+                guard loss.isFinite else {
+                    let reason = "loss became \(loss) at step \(step + 1) (epoch \(epoch + 1)); stopped, keeping the last good checkpoint"
+                    emit(.message(reason))
+                    return .failed(reason: reason)
+                }
+                opt.zeroGrad()
+                result.loss.backward()
+                opt.step()
+                model.enqueue(result.keys)
+                step += 1
+
+                let now = Date()
+                let seconds = now.timeIntervalSince(tick)
+                tick = now
+                let wait = stream.waitSeconds - lastWait
+                lastWait = stream.waitSeconds
+                let elapsed = now.timeIntervalSince(started)
+                let rate = Double(step - firstStep) / max(elapsed, 1e-9)
+                let point = MetricPoint(kind: "step", step: step, epoch: epoch + 1, total_steps: total, loss: Double(loss), lr: Double(lr),
+                                        images_per_second: Double(batch) / max(seconds, 1e-9), data_wait_share: min(1, wait / max(seconds, 1e-9)),
+                                        instance_accuracy: Double(result.instanceAccuracy), feature_std: Double(result.featureStd),
+                                        loss_at_chance: chance, eta_seconds: Double(total - step) / max(rate, 1e-9), knn_top1: nil,
+                                        time: now.timeIntervalSince1970)
+                try metrics.append(point)
+                emit(.step(point))
+                if let every = spec.checkpoint.every_steps, step % every == 0 { try checkpoint(epoch: step / perEpoch, knn: nil) }
+                if shouldStop() || stopAfterSteps.map({ step >= $0 }) == true {
+                    if lastCheckpointStep != step { try checkpoint(epoch: step / perEpoch, knn: nil) }
+                    return .stopped(step: step)
+                }
+            }
+            epoch += 1
+            var knn: Double?
+            if let eval, let e = spec.eval, epoch % e.every_epochs == 0 || epoch == spec.optim.epochs {
+                let t0 = Date()
+                knn = Evaluation.knn(model.encoderQ, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t)
+                bestKNN = max(bestKNN ?? -1, knn!)
+                let point = MetricPoint(kind: "eval", step: step, epoch: epoch, total_steps: total, knn_top1: knn,
+                                        time: Date().timeIntervalSince1970)
+                try metrics.append(point)
+                emit(.evaluated(point))
+                emit(.message(String(format: "epoch %d: kNN top-1 %.2f%% (%.1f s)", epoch, knn!, Date().timeIntervalSince(t0))))
+            }
+            let every = spec.checkpoint.every_epochs
+            if (every.map { epoch % $0 == 0 } ?? false) || epoch == spec.optim.epochs, lastCheckpointStep != step {
+                try checkpoint(epoch: epoch, knn: knn)
+            }
+        }
+        return .finished
+    }
+}
+
+/// Appends metric points as JSON lines; on resume, drops lines past the checkpoint's step so
+/// the file reads as one continuous run.
+final class MetricsWriter {
+    let handle: FileHandle
+    let encoder = JSONEncoder()
+
+    init(url: URL, truncateAfterStep step: Int) throws {
+        let fm = FileManager.default
+        var kept = Data()
+        if fm.fileExists(atPath: url.path), let old = try? String(contentsOf: url, encoding: .utf8) {
+            for line in old.split(separator: "\n") {
+                if let p = try? JSONDecoder().decode(MetricPoint.self, from: Data(line.utf8)), p.step <= step,
+                   !(p.kind == "step" && step == 0) {
+                    kept.append(Data((line + "\n").utf8))
+                }
+            }
+        }
+        try kept.write(to: url)
+        handle = try FileHandle(forWritingTo: url)
+        try handle.seekToEnd()
+        encoder.outputFormatting = [.sortedKeys]
+    }
+
+    func append(_ p: MetricPoint) throws {
+        var d = try encoder.encode(p)
+        d.append(0x0A)
+        try handle.write(contentsOf: d)
+    }
+
+    deinit { try? handle.close() }
+}
