@@ -42,6 +42,8 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
         .testTarget(name: "AutogradTests", dependencies: ["Autograd", "Kernels", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Autograd", "Kernels", "TestSupport"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "Autograd", "TestSupport"]),
+        .testTarget(name: "MoCoTests", dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

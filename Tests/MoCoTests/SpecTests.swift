@@ -1,0 +1,61 @@
+import Foundation
+@testable import MoCo
+import Testing
+
+@Suite struct SpecTests {
+    static let example = Examples.fashionMNIST
+
+    @Test func exampleParsesWithPresetDefaults() throws {
+        let spec = try JobSpec.parse(Self.example)
+        #expect(spec.name == "fmnist-v2" && spec.moco.queue == 4096 && spec.model.width == 32)
+        #expect(spec.optim.lr_scaling == "linear" && spec.optim.warmup_epochs == 0)   // filled in from moco_v2
+        // The minimal spec takes the paper's ImageNet defaults.
+        let minimal = try JobSpec.parse(Data(#"{"data": {"path": "x"}}"#.utf8))
+        #expect(minimal.moco.queue == 65536 && minimal.moco.momentum == 0.999 && minimal.moco.temperature == 0.2)
+        #expect(minimal.model.arch == .resnet50 && minimal.optim.schedule == "cosine" && minimal.optim.epochs == 200)
+        #expect(minimal.eval == nil)
+        let v1 = try JobSpec.parse(Data(#"{"method": "moco_v1", "data": {"path": "x"}}"#.utf8))
+        #expect(v1.moco.temperature == 0.07 && v1.model.mlp_hidden == 0 && v1.augment.preset == .v1 && v1.optim.schedule == "step")
+    }
+
+    @Test func everyProblemIsListedWithItsPath() {
+        let bad = #"""
+        {"data": {"path": "x", "fromat": "idx"}, "optim": {"bacth_size": 3, "lr": -1, "epochs": "ten"}, "colour": 1}
+        """#
+        do {
+            _ = try JobSpec.parse(Data(bad.utf8))
+            Issue.record("accepted")
+        } catch {
+            let fields = Set(error.issues.map(\.field))
+            #expect(fields.isSuperset(of: ["data.fromat", "optim.bacth_size", "colour"]), "\(error)")
+        }
+        do {
+            _ = try JobSpec.parse(Data(#"{"data": {"path": "x"}, "optim": {"lr": -1, "batch_size": 100}, "moco": {"queue": 1001, "bn_splits": 3}}"#.utf8))
+            Issue.record("accepted")
+        } catch {
+            let fields = error.issues.map(\.field)
+            #expect(fields.contains("optim.lr") && fields.contains("moco.queue") && fields.contains("moco.bn_splits"), "\(error)")
+        }
+        do {
+            _ = try JobSpec.parse(Data(#"{"data": {"path": "x"}, "optim": {"epochs": "ten"}}"#.utf8))
+            Issue.record("accepted")
+        } catch {
+            #expect(error.issues.first?.field == "optim.epochs", "\(error)")
+        }
+        #expect(throws: SpecError.self) { try JobSpec.parse(Data("[1]".utf8)) }
+        #expect(throws: SpecError.self) { try JobSpec.parse(Data("{".utf8)) }
+    }
+
+    @Test func learningRateScalesWithBatch() throws {
+        let spec = try JobSpec.parse(Data(#"{"data": {"path": "x"}, "optim": {"batch_size": 512, "lr": 0.03}, "moco": {"queue": 65536}}"#.utf8))
+        #expect(abs(spec.effectiveLearningRate - 0.06) < 1e-7)
+    }
+}
+
+enum Examples {
+    static var fashionMNIST: Data {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("examples/fashion-mnist.json")
+        return try! Data(contentsOf: url)
+    }
+}
