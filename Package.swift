@@ -12,11 +12,13 @@ let package = Package(
         .library(name: "NN", targets: ["NN"]),
         .library(name: "Data", targets: ["Data"]),
         .library(name: "MoCo", targets: ["MoCo"]),
+        .library(name: "HTTP", targets: ["HTTP"]),
         .executable(name: "moco", targets: ["moco"]),
         .executable(name: "mocobench", targets: ["mocobench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
@@ -30,6 +32,8 @@ let package = Package(
         .target(name: "NN", dependencies: ["Autograd", "Kernels"]),
         .target(name: "Data", dependencies: ["CZlib", "CPNG", "CTurboJPEG", "Autograd", "Kernels"]),
         .target(name: "MoCo", dependencies: ["Data", "NN", "Autograd", "Kernels", "CCrypto"]),
+        // The HTTP/1.1 server imports nothing ML.
+        .target(name: "HTTP", dependencies: [.product(name: "Logging", package: "swift-log")]),
         .executableTarget(
             name: "moco",
             dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels",
@@ -43,6 +47,7 @@ let package = Package(
         .testTarget(name: "AutogradTests", dependencies: ["Autograd", "Kernels", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Autograd", "Kernels", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Autograd", "TestSupport"]),
+        .testTarget(name: "HTTPTests", dependencies: ["HTTP"]),
         .testTarget(name: "MoCoTests", dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,401 @@
+import Dispatch
+import Foundation
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One client connection: a read source, a write source and a timer, all on one serial queue,
+/// around the pure `RequestParser`. Requests are answered in order; while a response is being
+/// sent, later pipelined requests wait in the parser's buffer.
+final class Connection: @unchecked Sendable {
+    /// Safe to share: every mutable field is touched only on `queue`.
+    let fd: Int32
+    let queue: DispatchQueue
+    weak var server: HTTPServer?
+    let configuration: ServerConfiguration
+    let handler: Handler
+    let logger: Logger
+
+    private var parser: RequestParser
+    private var readSource: DispatchSourceRead?
+    private var writeSource: DispatchSourceWrite?
+    private var writeArmed = false
+    private var timer: DispatchSourceTimer?
+    private var output: [UInt8] = []
+    private var outputOffset = 0
+    private var file: (fd: Int32, remaining: Int64)?
+    private var closeAfterFlush = false
+    private var closed = false
+    private var shuttingDown = false
+    /// A response (or stream) is being produced; pipelined requests wait.
+    private var busy = false
+    private var streamState: StreamState?
+
+    private enum Phase { case idle, head, body, responding }
+    private var phase = Phase.idle
+    private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+    private var requestStart = Date()
+
+    init(fd: Int32, server: HTTPServer) {
+        self.fd = fd
+        self.server = server
+        self.configuration = server.configuration
+        self.handler = server.handler
+        self.logger = server.logger
+        self.parser = RequestParser(limits: server.configuration.limits)
+        self.queue = DispatchQueue(label: "mocod.http.connection")
+    }
+
+    /// Answers a connection that will not be served (over the limit, shutting down) and closes it.
+    static func refuse(_ fd: Int32, status: HTTPStatus, message: String) {
+        let r = HTTPResponse.error(status, code: status == .serviceUnavailable ? "unavailable" : "refused", message: message,
+                                   headers: HTTPHeaders([("Connection", "close"), ("Retry-After", "1")]))
+        if case .bytes(let b) = r.body, var bytes = try? ResponseSerializer.head(status, r.headers + [("Content-Length", String(b.count))]) {
+            bytes += b
+            _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        }
+        Glibc.shutdown(fd, Int32(SHUT_WR))
+        Glibc.close(fd)
+    }
+
+    func start() {
+        queue.async { [self] in
+            let rs = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+            rs.setEventHandler { [weak self] in self?.readable() }
+            readSource = rs
+            let ws = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
+            ws.setEventHandler { [weak self] in self?.flush() }
+            writeSource = ws
+            arm(configuration.idleTimeout)
+            rs.resume()
+        }
+    }
+
+    // MARK: - Reading
+
+    private func readable() {
+        guard !closed else { return }
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n == 0 {
+            // The client finished sending. Answer what is complete, then close.
+            if phase == .idle && !busy && output.count == outputOffset { close(); return }
+            closeAfterFlush = true
+            readSource?.suspend()
+            readPausedForEOF = true
+            if !busy { process() }
+            if phase == .head || phase == .body { close() }
+            return
+        }
+        if n < 0 {
+            if errno == EAGAIN || errno == EINTR { return }
+            close()
+            return
+        }
+        parser.feed(buf[0..<n])
+        if phase == .idle {
+            phase = .head
+            requestStart = Date()
+            arm(configuration.headerTimeout)
+        } else if phase == .body {
+            arm(configuration.bodyTimeout)
+        }
+        if !busy { process() }
+    }
+
+    private var readPausedForEOF = false
+
+    /// Parses and answers buffered requests until more bytes are needed or a response is pending.
+    private func process() {
+        while !closed && !busy && !closeAfterFlushPending {
+            let event = parser.next()
+            switch event {
+            case .needMoreData:
+                if parser.bufferedByteCount == 0 && phase == .idle { arm(configuration.idleTimeout) }
+                return
+            case .head(let h):
+                head = h
+                body = []
+                if phase != .head { phase = .head; requestStart = Date() }
+                if parser.inMessage {
+                    phase = .body
+                    arm(configuration.bodyTimeout)
+                    if h.expectsContinue { enqueue(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)); flush() }
+                }
+            case .body(let b):
+                body += b
+            case .end:
+                guard let h = head else { return }
+                head = nil
+                phase = .responding
+                cancelTimer()
+                respond(to: h, body: body)
+                body = []
+            case .error(let e):
+                let r = HTTPResponse.error(e.status, code: errorCode(e.status), message: e.reason)
+                logger.info("rejected", metadata: ["http.status": "\(e.status.code)", "http.reason": "\(e.reason)"])
+                send(r, keepAlive: false, isHead: false, requestID: nil)
+                return
+            }
+        }
+    }
+
+    private var closeAfterFlushPending: Bool { closeAfterFlush && !readPausedForEOF }
+
+    private func errorCode(_ s: HTTPStatus) -> String {
+        switch s.code {
+        case 408: "request_timeout"
+        case 413: "payload_too_large"
+        case 414: "uri_too_long"
+        case 431: "header_fields_too_large"
+        case 501: "not_implemented"
+        case 505: "version_not_supported"
+        default: "bad_request"
+        }
+    }
+
+    // MARK: - Responding
+
+    private func respond(to h: HTTPRequestHead, body: [UInt8]) {
+        let incoming = h.headers["X-Request-Id"]
+        let requestID = incoming.flatMap { $0.count <= 64 && $0.utf8.allSatisfy(isTokenChar) ? $0 : nil } ?? UUID().uuidString.lowercased()
+        let request = HTTPRequest(head: h, body: body, requestID: requestID)
+        let response = handler(request)
+        let keepAlive = h.keepAlive && !shuttingDown && !closeAfterFlush
+        send(response, keepAlive: keepAlive, isHead: h.method == "HEAD", requestID: requestID)
+        let ms = Date().timeIntervalSince(requestStart) * 1000
+        logger.info("request", metadata: ["http.method": "\(h.method)", "http.target": "\(h.target)", "http.status": "\(response.status.code)",
+                                          "http.request_id": "\(requestID)", "http.duration_ms": "\(String(format: "%.2f", ms))"])
+    }
+
+    private func send(_ response: HTTPResponse, keepAlive: Bool, isHead: Bool, requestID: String?) {
+        var headers = response.headers
+        if let requestID { headers.set("X-Request-Id", requestID) }
+        if !keepAlive { headers.set("Connection", "close") }
+        var bodyBytes: [UInt8] = []
+        switch response.body {
+        case .bytes(let b):
+            headers.set("Content-Length", String(b.count))
+            bodyBytes = b
+        case .file(_, _, let length):
+            headers.set("Content-Length", String(length))
+        case .stream:
+            headers.set("Transfer-Encoding", "chunked")
+        }
+        let noBody = isHead || response.status.code == 304 || response.status.code == 204
+        if noBody, response.status.code == 204 { headers.remove("Content-Length") }
+        let headBytes: [UInt8]
+        do { headBytes = try ResponseSerializer.head(response.status, headers) } catch {
+            logger.error("handler produced an invalid header", metadata: ["http.header": "\(error.name)"])
+            let fallback = HTTPResponse.error(.internalServerError, code: "internal", message: "internal error")
+            return send(fallback, keepAlive: false, isHead: isHead, requestID: requestID)
+        }
+        enqueue(headBytes)
+        if !keepAlive { closeAfterFlush = true; readPausedForEOF = false }
+        busy = true
+        if !noBody {
+            switch response.body {
+            case .bytes: enqueue(bodyBytes)
+            case .file(let path, let offset, let length):
+                let ffd = open(path, O_RDONLY | O_CLOEXEC)
+                if ffd < 0 || lseek(ffd, off_t(offset), SEEK_SET) < 0 {
+                    if ffd >= 0 { Glibc.close(ffd) }
+                    closeAfterFlush = true   // the head promised bytes we cannot send
+                } else {
+                    file = (ffd, length)
+                }
+            case .stream(let producer):
+                startStream(producer)
+                flush()
+                return
+            }
+        }
+        flush()
+    }
+
+    private func startStream(_ producer: @escaping @Sendable (StreamWriter) -> Void) {
+        let state = StreamState(connection: self)
+        streamState = state
+        DispatchQueue.global().async {
+            producer(state)
+            state.finish()
+        }
+    }
+
+    /// Called on `queue` by the stream writer.
+    fileprivate func streamWrite(_ bytes: [UInt8]) {
+        guard !closed else { return }
+        enqueue(ResponseSerializer.chunk(bytes))
+        flush()
+    }
+
+    fileprivate func streamFinished() {
+        guard !closed else { return }
+        streamState = nil
+        enqueue(ResponseSerializer.lastChunk)
+        flush()
+    }
+
+    // MARK: - Writing
+
+    private func enqueue(_ bytes: [UInt8]) {
+        if outputOffset > 0 && outputOffset == output.count { output.removeAll(keepingCapacity: true); outputOffset = 0 }
+        output += bytes
+    }
+
+    /// Writes what the socket takes; refills from a file body; finishes the response when drained.
+    private func flush() {
+        guard !closed else { return }
+        while true {
+            if outputOffset < output.count {
+                let n = output[outputOffset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n < 0 {
+                    if errno == EAGAIN || errno == EINTR { armWrite(); return }
+                    close()
+                    return
+                }
+                outputOffset += n
+                continue
+            }
+            output.removeAll(keepingCapacity: true)
+            outputOffset = 0
+            if let f = file {
+                // Bounded memory: one 256 KiB chunk of the file at a time.
+                let want = Int(min(f.remaining, 256 * 1024))
+                var chunk = [UInt8](repeating: 0, count: want)
+                let n = chunk.withUnsafeMutableBytes { read(f.fd, $0.baseAddress, want) }
+                if n <= 0 { Glibc.close(f.fd); file = nil; closeAfterFlush = true; break }
+                output = Array(chunk[0..<n])
+                let left = f.remaining - Int64(n)
+                if left == 0 { Glibc.close(f.fd); file = nil } else { file = (f.fd, left) }
+                continue
+            }
+            break
+        }
+        disarmWrite()
+        if streamState != nil { return }   // a stream is still producing
+        if busy {
+            busy = false
+            phase = .idle
+            if closeAfterFlush { close(); return }
+            if shuttingDown { close(); return }
+            if parser.bufferedByteCount > 0 {
+                phase = .head
+                requestStart = Date()
+                arm(configuration.headerTimeout)
+                process()
+            } else {
+                arm(configuration.idleTimeout)
+            }
+        } else if closeAfterFlush && !readPausedForEOF {
+            close()
+        }
+    }
+
+    private func armWrite() {
+        if !writeArmed { writeArmed = true; writeSource?.resume() }
+        // A client that stops reading is dropped after the idle timeout.
+        arm(configuration.idleTimeout)
+    }
+
+    private func disarmWrite() {
+        if writeArmed { writeArmed = false; writeSource?.suspend() }
+    }
+
+    // MARK: - Timers and closing
+
+    private func arm(_ seconds: Double) {
+        cancelTimer()
+        let t = DispatchSource.makeTimerSource(queue: queue)
+        t.schedule(deadline: .now() + seconds)
+        t.setEventHandler { [weak self] in self?.timedOut() }
+        timer = t
+        t.resume()
+    }
+
+    private func cancelTimer() {
+        timer?.cancel()
+        timer = nil
+    }
+
+    private func timedOut() {
+        guard !closed else { return }
+        switch phase {
+        case .head, .body:
+            logger.info("timeout", metadata: ["http.phase": "\(phase == .head ? "head" : "body")"])
+            busy = false
+            send(.error(.requestTimeout, code: "request_timeout", message: "request not received in time"), keepAlive: false, isHead: false, requestID: nil)
+        default:
+            close()
+        }
+    }
+
+    func beginShutdown() {
+        queue.async { [self] in
+            shuttingDown = true
+            if phase == .idle && !busy { close() }
+        }
+    }
+
+    func forceClose() { queue.async { [self] in close() } }
+
+    private func close() {
+        guard !closed else { return }
+        closed = true
+        cancelTimer()
+        if let f = file { Glibc.close(f.fd); file = nil }
+        streamState?.markClosed()
+        streamState = nil
+        // Break the source ↔ connection cycle; the read source's cancel handler closes the socket.
+        let rs = readSource, ws = writeSource
+        readSource = nil
+        writeSource = nil
+        if !writeArmed { ws?.resume() }
+        ws?.cancel()
+        if readPausedForEOF { rs?.resume() }
+        let fd = self.fd
+        if let rs {
+            rs.setCancelHandler { Glibc.close(fd) }
+            rs.cancel()
+        } else {
+            Glibc.close(fd)
+        }
+        server?.connectionClosed(self)
+    }
+}
+
+/// The writer handed to a streaming response's producer; hops each chunk onto the connection's queue.
+final class StreamState: StreamWriter, @unchecked Sendable {
+    /// Safe to share: `closedFlag` is guarded by `lock`; the connection is only touched on its queue.
+    private let lock = NSLock()
+    private var closedFlag = false
+    private weak var connection: Connection?
+
+    init(connection: Connection) { self.connection = connection }
+
+    var isClosed: Bool { lock.lock(); defer { lock.unlock() }; return closedFlag || connection == nil }
+
+    func markClosed() { lock.lock(); closedFlag = true; lock.unlock() }
+
+    @discardableResult
+    func write(_ bytes: [UInt8]) -> Bool {
+        guard !isClosed, let c = connection else { return false }
+        c.queue.async { c.streamWrite(bytes) }
+        return true
+    }
+
+    func finish() {
+        guard let c = connection else { return }
+        c.queue.async { c.streamFinished() }
+    }
+}
+
+extension HTTPHeaders {
+    static func + (h: HTTPHeaders, extra: [(String, String)]) -> HTTPHeaders {
+        var out = h
+        for (n, v) in extra { out.add(n, v) }
+        return out
+    }
+}
