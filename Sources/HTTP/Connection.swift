@@ -80,7 +80,9 @@ final class Connection: @unchecked Sendable {
         var buf = [UInt8](repeating: 0, count: 65536)
         let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if n == 0 {
-            // The client finished sending. Answer what is complete, then close.
+            // The client finished sending. A stream has no one left to read it (SSE disconnect);
+            // otherwise answer what is complete, then close.
+            if streamState != nil { close(); return }
             if phase == .idle && !busy && output.count == outputOffset { close(); return }
             closeAfterFlush = true
             readSource?.suspend()

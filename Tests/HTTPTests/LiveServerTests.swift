@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 @testable import HTTP
 import Testing
 #if canImport(Glibc)
@@ -227,5 +228,160 @@ func openFileDescriptors() -> Int { (try? FileManager.default.contentsOfDirector
         }
         usleep(200_000)
         #expect(openFileDescriptors() <= before + 1, "open descriptors: \(before) before, \(openFileDescriptors()) after")
+    }
+}
+
+@Suite(.serialized) struct FileAndStreamTests {
+    static let fileBytes: [UInt8] = (0..<10_000).map { UInt8(($0 * 7 + $0 / 256) % 256) }
+
+    func server(file: String) throws -> HTTPServer {
+        var router = Router()
+        router.add("GET", "/file") { r in FileResponder.respond(path: file, request: r.head, etag: "abc123") }
+        router.add("GET", "/events") { _ in
+            ServerSentEvents.response { sse in
+                for i in 0..<3 { sse.send(event: "tick", id: "\(i)", data: "n=\(i)\nsecond line") }
+                sse.heartbeat()
+            }
+        }
+        router.add("GET", "/forever") { _ in
+            ServerSentEvents.response { sse in
+                while sse.heartbeat() { usleep(20_000) }
+                Self.disconnected.withLock { $0 = true }
+            }
+        }
+        let r = router
+        var cfg = ServerConfiguration()
+        cfg.shutdownGrace = 1
+        let s = HTTPServer(configuration: cfg) { r.handle($0) }
+        try s.start()
+        return s
+    }
+
+    static let disconnected = Mutex(false)
+
+    func withFile(_ body: (String) throws -> Void) throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("f-\(UUID())").path
+        FileManager.default.createFile(atPath: path, contents: Data(Self.fileBytes))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try body(path)
+    }
+
+    func get(_ port: Int, _ headers: String = "", method: String = "GET", path: String = "/file") throws -> (status: Int, headers: [String: String], body: [UInt8]) {
+        let c = try RawClient(port: port)
+        c.send("\(method) \(path) HTTP/1.1\r\nHost: t\r\n\(headers)\r\n")
+        if method == "HEAD" {
+            // Headers only: read up to the blank line, then make sure no body follows.
+            var buf: [UInt8] = []
+            var b = [UInt8](repeating: 0, count: 4096)
+            while !(buf.count >= 4 && Array(buf.suffix(4)) == [13, 10, 13, 10]) {
+                let n = b.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, 1, 0) }
+                if n <= 0 { break }
+                buf += b[0..<n]
+            }
+            var tv = timeval(tv_sec: 0, tv_usec: 300_000)
+            setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let extra = b.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+            let lines = String(decoding: buf, as: UTF8.self).components(separatedBy: "\r\n").filter { !$0.isEmpty }
+            var h: [String: String] = [:]
+            for l in lines.dropFirst() { let p = l.split(separator: ":", maxSplits: 1); h[p[0].lowercased()] = p[1].trimmingCharacters(in: .whitespaces) }
+            return (Int(lines[0].split(separator: " ")[1]) ?? -1, h, extra > 0 ? Array(b[0..<extra]) : [])
+        }
+        guard let r = c.responses(1).first else {
+            Issue.record("no response to \(method) \(path) with \(headers)")
+            return (-1, [:], [])
+        }
+        return r
+    }
+
+    @Test func rangesAgainstTheFileBytes() throws {
+        try withFile { path in
+            let s = try server(file: path)
+            defer { s.shutdown() }
+            let size = Self.fileBytes.count
+            let full = try get(s.port)
+            #expect(full.status == 200 && full.body == Self.fileBytes && full.headers["etag"] == "\"abc123\"" && full.headers["accept-ranges"] == "bytes")
+            let cases: [(String, Int, ClosedRange<Int>?)] = [
+                ("bytes=0-99", 206, 0...99), ("bytes=100-", 206, 100...(size - 1)), ("bytes=-500", 206, (size - 500)...(size - 1)),
+                ("bytes=9990-20000", 206, 9990...(size - 1)), ("bytes=0-0", 206, 0...0), ("bytes=-20000", 206, 0...(size - 1)),
+                ("bytes=0-10,5-20", 206, 0...20), ("bytes=0-10,11-20", 206, 0...20),     // overlapping/adjacent: coalesced
+                ("bytes=0-10,100-200", 200, nil),                                        // disjoint: the whole file, never more
+                ("bytes=" + Array(repeating: "0-9999", count: 50).joined(separator: ","), 206, 0...(size - 1)),
+                ("bytes=10000-", 416, nil), ("bytes=20000-30000", 416, nil), ("bytes=-0", 416, nil),
+                ("bytes=abc", 200, nil), ("bytes=5-1", 200, nil), ("items=0-5", 200, nil), ("bytes=", 200, nil), ("bytes=--1", 200, nil),
+            ]
+            for (range, status, span) in cases {
+                let r = try get(s.port, "Range: \(range)\r\n")
+                #expect(r.status == status, "\(range)")
+                if let span {
+                    #expect(r.body == Array(Self.fileBytes[span]), "\(range)")
+                    if status == 206 { #expect(r.headers["content-range"] == "bytes \(span.lowerBound)-\(span.upperBound)/\(size)") }
+                }
+                if status == 200 { #expect(r.body == Self.fileBytes, "\(range)") }
+                if status == 416 { #expect(r.headers["content-range"] == "bytes */\(size)") }
+                #expect(r.body.count <= size)
+            }
+            // If-Range: a matching tag keeps the range, another tag sends everything.
+            #expect(try get(s.port, "Range: bytes=0-9\r\nIf-Range: \"abc123\"\r\n").status == 206)
+            #expect(try get(s.port, "Range: bytes=0-9\r\nIf-Range: \"other\"\r\n").body == Self.fileBytes)
+            #expect(try get(s.port, "Range: bytes=0-9\r\nIf-Range: \(full.headers["last-modified"]!)\r\n").status == 206)
+            // If-None-Match: 304 without a body.
+            let nm = try get(s.port, "If-None-Match: \"abc123\"\r\n")
+            #expect(nm.status == 304 && nm.body.isEmpty)
+            #expect(try get(s.port, "If-None-Match: W/\"abc123\", \"x\"\r\n").status == 304)
+            #expect(try get(s.port, "If-None-Match: \"x\"\r\n").status == 200)
+            // HEAD: the headers of GET, no body.
+            let head = try get(s.port, method: "HEAD")
+            #expect(head.status == 200 && head.headers["content-length"] == String(size) && head.body.isEmpty)
+        }
+    }
+
+    @Test func serverSentEventsAndDisconnect() throws {
+        try withFile { path in
+            let s = try server(file: path)
+            defer { s.shutdown() }
+            let r = try get(s.port, path: "/events")
+            #expect(r.status == 200 && r.headers["content-type"] == "text/event-stream")
+            let text = String(decoding: r.body, as: UTF8.self)
+            #expect(text.hasPrefix("event: tick\nid: 0\ndata: n=0\ndata: second line\n\n"))
+            #expect(text.contains("id: 2") && text.hasSuffix(": heartbeat\n\n"))
+            Self.disconnected.withLock { $0 = false }
+            do {
+                let c = try RawClient(port: s.port)
+                c.send("GET /forever HTTP/1.1\r\nHost: t\r\n\r\n")
+                usleep(100_000)
+            }   // the client closes here
+            let deadline = Date().addingTimeInterval(3)
+            while !Self.disconnected.withLock({ $0 }) && Date() < deadline { usleep(10_000) }
+            #expect(Self.disconnected.withLock { $0 }, "the producer did not see the client leave")
+        }
+    }
+
+    /// A 3 GB sparse file is served in bounded memory.
+    @Test func hugeFileInBoundedMemory() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sparse-\(UUID())").path
+        let fd = open(path, O_CREAT | O_WRONLY, 0o644)
+        #expect(ftruncate(fd, 3_000_000_000) == 0)
+        close(fd)
+        defer { unlink(path) }
+        let s = try server(file: path)
+        defer { s.shutdown() }
+        func rssKB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+        }
+        let before = rssKB()
+        let c = try RawClient(port: s.port)
+        c.send("GET /file HTTP/1.1\r\nHost: t\r\n\r\n")
+        var received = 0, peak = before
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        while received < 3_000_000_000 {
+            let n = buf.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            received += n
+            if received % (256 << 20) < n { peak = max(peak, rssKB()) }
+        }
+        #expect(received > 3_000_000_000)   // the head plus every byte of the body
+        #expect(peak - before < 64 * 1024, "RSS grew by \(peak - before) KiB")
     }
 }
