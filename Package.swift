@@ -1,4 +1,5 @@
 // swift-tools-version: 6.1
+import Foundation
 import PackageDescription
 
 // Layers point one way: CDNNL/COpenBLAS → Kernels → Autograd (Tensor, tape, ops) → NN → (MoCo, Daemon, ...).
@@ -40,7 +41,7 @@ let package = Package(
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "mocobench",
-            dependencies: ["NN", "Autograd", "Kernels",
+            dependencies: ["NN", "Autograd", "Kernels", "HTTP", .product(name: "Logging", package: "swift-log"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .target(name: "TestSupport", dependencies: ["Autograd", "NN", "Kernels"], path: "Tests/TestSupport"),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
@@ -52,3 +53,10 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// The libFuzzer target of the HTTP parser exists only for fuzzing builds (libFuzzer supplies
+// `main`): MOCOD_FUZZ=1 swift build -c release --sanitize=fuzzer --product HTTPParserFuzz
+if ProcessInfo.processInfo.environment["MOCOD_FUZZ"] != nil {
+    package.products.append(.executable(name: "HTTPParserFuzz", targets: ["HTTPParserFuzz"]))
+    package.targets.append(.executableTarget(name: "HTTPParserFuzz", dependencies: ["HTTP"]))
+}

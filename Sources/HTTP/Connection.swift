@@ -165,6 +165,7 @@ final class Connection: @unchecked Sendable {
         let requestID = incoming.flatMap { $0.count <= 64 && $0.utf8.allSatisfy(isTokenChar) ? $0 : nil } ?? UUID().uuidString.lowercased()
         let request = HTTPRequest(head: h, body: body, requestID: requestID)
         let response = handler(request)
+        if server?.isStopping ?? true { shuttingDown = true }
         let keepAlive = h.keepAlive && !shuttingDown && !closeAfterFlush
         send(response, keepAlive: keepAlive, isHead: h.method == "HEAD", requestID: requestID)
         let ms = Date().timeIntervalSince(requestStart) * 1000

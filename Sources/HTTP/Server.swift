@@ -49,6 +49,10 @@ public final class HTTPServer: @unchecked Sendable {
         self.logger = logger
     }
 
+    private var _stopping = false
+    /// Set as soon as `shutdown` starts (read by connections from their own queues).
+    var isStopping: Bool { lock.lock(); defer { lock.unlock() }; return _stopping }
+
     /// Open connections right now.
     public var connectionCount: Int { lock.lock(); defer { lock.unlock() }; return _connectionCount }
 
@@ -120,6 +124,7 @@ public final class HTTPServer: @unchecked Sendable {
     /// Stops accepting, lets in-flight requests finish (idle connections close at once), and
     /// force-closes whatever remains after the grace period. Returns when all are closed.
     public func shutdown() {
+        lock.lock(); _stopping = true; lock.unlock()
         let group = DispatchGroup()
         group.enter()
         acceptQueue.async {

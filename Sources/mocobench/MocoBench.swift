@@ -1,6 +1,8 @@
 import ArgumentParser
 import Autograd
 import Foundation
+import HTTP
+import Logging
 import Kernels
 import NN
 
@@ -17,7 +19,7 @@ struct MocoBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mocobench",
         abstract: "Benchmarks of the mocod compute engine; each prints one JSON line.",
-        subcommands: [Step.self, GEMMBench.self, Info.self],
+        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self],
         defaultSubcommand: Info.self)
 }
 
@@ -183,3 +185,27 @@ struct Step: ParsableCommand {
 
 extension ResNetConfig.Arch: ExpressibleByArgument {}
 extension ResNetConfig.Stem: ExpressibleByArgument {}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serves GET /hello (a small JSON body) with the mocod HTTP server, for wrk and slowhttptest.")
+    @Option var port = 8089
+    @Option(help: "Stop after this many seconds (0: run until killed).") var seconds = 0.0
+
+    func run() throws {
+        var router = Router()
+        router.add("GET", "/hello") { _ in HTTPResponse.json(["hello": "world"]) }
+        router.add("POST", "/echo") { r in HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/octet-stream")]), body: .bytes(r.body)) }
+        let r = router
+        var cfg = ServerConfiguration()
+        cfg.port = port
+        var logger = Logger(label: "mocobench.http")
+        logger.logLevel = .warning
+        let server = HTTPServer(configuration: cfg, logger: logger) { r.handle($0) }
+        try server.start()
+        print("serving on 127.0.0.1:\(server.port)")
+        fflush(nil)
+        if seconds > 0 { Thread.sleep(forTimeInterval: seconds) } else { while true { Thread.sleep(forTimeInterval: 3600) } }
+        server.shutdown()
+    }
+}

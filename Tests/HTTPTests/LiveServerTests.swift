@@ -203,6 +203,36 @@ func openFileDescriptors() -> Int { (try? FileManager.default.contentsOfDirector
         #expect(slow.isClosedByServer())
     }
 
+    @Test func bodyTimeoutAndIdleTimeout() throws {
+        let s = try server { $0.bodyTimeout = 0.3; $0.idleTimeout = 0.3 }
+        defer { s.shutdown() }
+        let slowBody = try RawClient(port: s.port)
+        slowBody.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        #expect(slowBody.responses(1).first?.status == 408)
+        #expect(slowBody.isClosedByServer())
+        let idle = try RawClient(port: s.port)
+        idle.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(idle.responses(1).first?.status == 200)
+        let t0 = Date()
+        #expect(idle.isClosedByServer())   // closed quietly once idle
+        #expect(Date().timeIntervalSince(t0) >= 0.2)
+    }
+
+    /// Shutdown stops accepting, lets the in-flight request finish, and closes.
+    @Test func gracefulShutdown() throws {
+        let s = try server()
+        let busy = try RawClient(port: s.port)
+        busy.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        usleep(50_000)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { s.shutdown(); done.signal() }
+        let r = busy.responses(1).first
+        #expect(r?.status == 200 && r?.body == Array("slow".utf8))
+        #expect(r?.headers["connection"] == "close")
+        #expect(done.wait(timeout: .now() + 5) == .success)
+        #expect(throws: (any Error).self) { _ = try RawClient(port: s.port) }
+    }
+
     @Test func maxConnectionsAnswered503() throws {
         let s = try server { $0.maxConnections = 2 }
         defer { s.shutdown() }

@@ -1,3 +1,4 @@
+import Foundation
 @testable import HTTP
 import Testing
 
@@ -273,5 +274,23 @@ func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
             // A request that completed before the error must be the only one, and nothing after it.
             if let i = events.firstIndex(where: { if case .error = $0 { true } else { false } }) { #expect(i == events.count - 1) }
         }
+    }
+}
+
+/// The fuzzer's seed corpus and every crasher it ever found (Tests/Fixtures/fuzz), replayed.
+@Suite struct FuzzReplayTests {
+    @Test func replayCorpusAndCrashers() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/fuzz")
+        var count = 0
+        for dir in ["corpus", "crashers"] {
+            let url = root.appendingPathComponent(dir)
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? [] where !name.hasPrefix(".") {
+                fuzzRequestParser([UInt8](try Data(contentsOf: url.appendingPathComponent(name))))
+                count += 1
+            }
+        }
+        #expect(count >= 10)
+        // And the malformed corpus through the same invariants.
+        for (_, input) in MalformedCorpusTests.corpus { fuzzRequestParser(input) }
     }
 }
