@@ -77,8 +77,7 @@ final class Connection: @unchecked Sendable {
 
     private func readable() {
         guard !closed else { return }
-        var buf = [UInt8](repeating: 0, count: 65536)
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        let n = readBuffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if n == 0 {
             // The client finished sending. A stream has no one left to read it (SSE disconnect);
             // otherwise answer what is complete, then close.
@@ -96,7 +95,7 @@ final class Connection: @unchecked Sendable {
             close()
             return
         }
-        parser.feed(buf[0..<n])
+        parser.feed(readBuffer[0..<n])
         if phase == .idle {
             phase = .head
             requestStart = Date()
@@ -108,6 +107,7 @@ final class Connection: @unchecked Sendable {
     }
 
     private var readPausedForEOF = false
+    private var readBuffer = [UInt8](repeating: 0, count: 65536)
 
     /// Parses and answers buffered requests until more bytes are needed or a response is pending.
     private func process() {
