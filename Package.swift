@@ -20,6 +20,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
@@ -35,6 +36,8 @@ let package = Package(
         .target(name: "MoCo", dependencies: ["Data", "NN", "Autograd", "Kernels", "CCrypto"]),
         // The HTTP/1.1 server imports nothing ML.
         .target(name: "HTTP", dependencies: [.product(name: "Logging", package: "swift-log")]),
+        // Jobs: the job model, its state machine and the SQLite store; nothing ML either.
+        .target(name: "Jobs", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         .executableTarget(
             name: "moco",
             dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels",
@@ -49,6 +52,7 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN", "Autograd", "Kernels", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Autograd", "TestSupport"]),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"]),
+        .testTarget(name: "JobsTests", dependencies: ["Jobs", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "MoCoTests", dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

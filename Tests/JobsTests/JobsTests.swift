@@ -1,0 +1,106 @@
+import Foundation
+import GRDB
+@testable import Jobs
+import Testing
+
+@Suite struct LifecycleTests {
+    /// Every (state, event) pair: the allowed ones move, the rest are refused.
+    @Test func stateMachineTable() {
+        let allowed: [JobState: [JobEvent: JobState]] = [
+            .queued: [.start: .running, .cancel: .cancelled, .fail: .failed, .pause: .paused],
+            .running: [.finish: .succeeded, .fail: .failed, .cancel: .cancelled, .pause: .paused, .interrupt: .queued],
+            .paused: [.resume: .queued, .cancel: .cancelled],
+            .succeeded: [:], .failed: [:], .cancelled: [:],
+        ]
+        let events: [JobEvent] = [.start, .finish, .fail, .cancel, .pause, .resume, .interrupt]
+        for state in JobState.allCases {
+            for event in events {
+                switch Lifecycle.next(state, event) {
+                case .success(let next): #expect(allowed[state]?[event] == next, "\(state) + \(event)")
+                case .failure(let e):
+                    #expect(allowed[state]?[event] == nil, "\(state) + \(event)")
+                    #expect(e.code == .invalidState)
+                }
+            }
+        }
+        #expect(JobState.allCases.filter(\.isTerminal) == [.succeeded, .failed, .cancelled])
+    }
+}
+
+@Suite struct StoreTests {
+    func store() throws -> (JobStore, String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("store-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return (try JobStore(path: dir.appendingPathComponent("mocod.sqlite").path), dir.path)
+    }
+
+    @Test func migratesFromEmpty() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tables = try s.pool.read { try String.fetchAll($0, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") }
+        #expect(Set(tables).isSuperset(of: ["jobs", "transitions", "metric_points", "checkpoints", "grdb_migrations"]))
+        let applied = try s.pool.read { try JobStore.migrator.appliedMigrations($0) }
+        #expect(applied == ["v1-jobs"])
+        let mode = try s.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
+        #expect(mode == "wal")
+        // Opening again migrates nothing and keeps data.
+        _ = try s.create(JobRecord(id: "a", name: "a", spec: "{}"))
+        let again = try JobStore(path: dir + "/mocod.sqlite")
+        #expect(try again.job("a") != nil)
+    }
+
+    @Test func transitionsAreRecordedWithReasons() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try s.create(JobRecord(id: "j1", name: "one", spec: "{}"))
+        try s.apply(.start, to: "j1", reason: "scheduled")
+        try s.apply(.pause, to: "j1", reason: "user")
+        #expect(throws: JobError.self) { try s.apply(.finish, to: "j1", reason: "x") }
+        try s.apply(.resume, to: "j1", reason: "user")
+        try s.apply(.start, to: "j1", reason: "scheduled")
+        let done = try s.apply(.finish, to: "j1", reason: "last epoch")
+        #expect(done.state == .succeeded && done.finishedAt != nil && done.startedAt != nil)
+        let t = try s.transitions("j1")
+        #expect(t.map(\.to) == [.queued, .running, .paused, .queued, .running, .succeeded])
+        #expect(t.map(\.reason) == ["submitted", "scheduled", "user", "user", "scheduled", "last epoch"])
+        #expect(throws: JobError.self) { try s.apply(.start, to: "missing", reason: "x") }
+    }
+
+    @Test func idempotencyKeys() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let first = try s.create(JobRecord(id: "a", name: "a", spec: "{}", idempotencyKey: "k1", bodyHash: "h1"))
+        #expect(first.created)
+        let again = try s.create(JobRecord(id: "b", name: "b", spec: "{}", idempotencyKey: "k1", bodyHash: "h1"))
+        #expect(!again.created && again.job.id == "a")
+        #expect(throws: JobError.self) { try s.create(JobRecord(id: "c", name: "c", spec: "{}", idempotencyKey: "k1", bodyHash: "h2")) }
+        #expect(try s.jobs().count == 1)
+    }
+
+    @Test func queueOrderAndPaging() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (i, p) in [0, 5, 0, 5].enumerated() { _ = try s.create(JobRecord(id: "j\(i)", name: "\(i)", spec: "{}", priority: p)) }
+        #expect(try s.nextQueued()?.id == "j1")   // highest priority, earliest
+        try s.apply(.start, to: "j1", reason: "x")
+        #expect(try s.nextQueued()?.id == "j3")
+        let page1 = try s.jobs(limit: 2)
+        #expect(page1.map(\.id) == ["j3", "j2"])
+        #expect(try s.jobs(limit: 2, before: page1.last!.seq).map(\.id) == ["j1", "j0"])
+        #expect(try s.jobs(state: .running).map(\.id) == ["j1"])
+    }
+
+    @Test func metricsAndCheckpoints() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try s.create(JobRecord(id: "j", name: "j", spec: "{}"))
+        try s.appendMetrics((1...5).map { MetricRecord(jobId: "j", step: $0, kind: "step", json: "{\"step\":\($0)}") })
+        try s.appendMetrics([MetricRecord(jobId: "j", step: 5, kind: "eval", json: "{}")])
+        #expect(try s.metrics("j").count == 6)
+        #expect(try s.metrics("j", afterStep: 3).map(\.step) == [4, 5, 5])
+        try s.recordCheckpoint(CheckpointRecord(jobId: "j", name: "c1", epoch: 1, step: 5, bytes: 10, sha256: "ab", createdAt: Date(), knnTop1: nil))
+        #expect(try s.checkpoints("j").map(\.name) == ["c1"])
+        try s.delete("j")
+        #expect(try s.metrics("j").isEmpty && s.checkpoints("j").isEmpty)   // cascades
+    }
+}
