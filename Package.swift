@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "MoCo", targets: ["MoCo"]),
         .library(name: "HTTP", targets: ["HTTP"]),
         .executable(name: "moco", targets: ["moco"]),
+        .executable(name: "mocod", targets: ["mocod"]),
         .executable(name: "mocobench", targets: ["mocobench"]),
     ],
     dependencies: [
@@ -38,6 +39,12 @@ let package = Package(
         .target(name: "HTTP", dependencies: [.product(name: "Logging", package: "swift-log")]),
         // Jobs: the job model, its state machine and the SQLite store; nothing ML either.
         .target(name: "Jobs", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        // Daemon: the API handlers joining HTTP, Jobs and MoCo.
+        .target(name: "Daemon", dependencies: ["HTTP", "Jobs", "MoCo", "Data", "NN", "Kernels",
+                                               .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "mocod", dependencies: ["Daemon", "HTTP", "Jobs", "Kernels",
+                                                        .product(name: "Logging", package: "swift-log"),
+                                                        .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "moco",
             dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels",

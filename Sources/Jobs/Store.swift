@@ -42,6 +42,9 @@ public struct TransitionRecord: Codable, Sendable, Equatable, FetchableRecord, P
     public var to: JobState
     public var at: Date
     public var reason: String
+    public init(jobId: String, from: JobState?, to: JobState, at: Date, reason: String) {
+        self.jobId = jobId; self.from = from; self.to = to; self.at = at; self.reason = reason
+    }
 }
 
 /// One metrics line of a job (JSON text), by step.
@@ -51,6 +54,9 @@ public struct MetricRecord: Codable, Sendable, Equatable, FetchableRecord, Persi
     public var step: Int
     public var kind: String
     public var json: String
+    public init(jobId: String, step: Int, kind: String, json: String) {
+        self.jobId = jobId; self.step = step; self.kind = kind; self.json = json
+    }
 }
 
 /// A checkpoint file of a job.
@@ -64,6 +70,10 @@ public struct CheckpointRecord: Codable, Sendable, Equatable, FetchableRecord, P
     public var sha256: String
     public var createdAt: Date
     public var knnTop1: Double?
+    public init(jobId: String, name: String, epoch: Int, step: Int, bytes: Int64, sha256: String, createdAt: Date, knnTop1: Double?) {
+        self.jobId = jobId; self.name = name; self.epoch = epoch; self.step = step; self.bytes = bytes; self.sha256 = sha256
+        self.createdAt = createdAt; self.knnTop1 = knnTop1
+    }
 }
 
 /// The SQLite store (GRDB, one `DatabasePool` in WAL mode). Migrations are named and never

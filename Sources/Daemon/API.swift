@@ -1,0 +1,395 @@
+import Foundation
+import HTTP
+import Jobs
+import Kernels
+import MoCo
+import NN
+import Synchronization
+
+/// The HTTP API of the daemon: routes over the scheduler and the store (see openapi.yaml).
+public final class API: Sendable {
+    public let scheduler: Scheduler
+    let token: String?
+    let openAPI: String
+    public static let version = "0.1.0"
+    let stats = Mutex(HTTPStats())
+
+    public init(scheduler: Scheduler, token: String?, openAPI: String) {
+        self.scheduler = scheduler
+        self.token = token
+        self.openAPI = openAPI
+    }
+
+    var store: JobStore { scheduler.store }
+
+    /// The full handler: authentication, routing, and request accounting for `/metrics`.
+    public func handler() -> Handler {
+        let router = routes()
+        return { [self] request in
+            let start = Date()
+            var response: HTTPResponse
+            if request.path != "/healthz", let failure = authenticate(request) {
+                response = failure
+            } else {
+                response = router.handle(request)
+            }
+            let route: String
+            if case .found(_, _, let pattern) = router.match(method: request.method, path: request.path) { route = pattern } else { route = "unmatched" }
+            let seconds = Date().timeIntervalSince(start)
+            stats.withLock { $0.record(route: route, method: request.method, status: response.status.code, seconds: seconds) }
+            return response
+        }
+    }
+
+    /// Bearer token, compared in constant time; nil when the request may pass.
+    func authenticate(_ request: HTTPRequest) -> HTTPResponse? {
+        guard let token else { return nil }
+        let challenge = HTTPHeaders([("WWW-Authenticate", "Bearer realm=\"mocod\"")])
+        guard let header = request.headers["Authorization"] else {
+            return .error(.unauthorized, code: "unauthorized", message: "missing bearer token", headers: challenge)
+        }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+            return .error(.unauthorized, code: "unauthorized", message: "malformed Authorization header; use 'Bearer <token>'", headers: challenge)
+        }
+        guard constantTimeEqual(Array(parts[1].utf8), Array(token.utf8)) else {
+            return .error(.unauthorized, code: "unauthorized", message: "invalid token", headers: challenge)
+        }
+        return nil
+    }
+
+    // MARK: - Routes
+
+    public func routes() -> Router {
+        var r = Router()
+        r.add("GET", "/healthz") { _ in .json(["status": "ok"]) }
+        r.add("GET", "/openapi.yaml") { [self] _ in HTTPResponse(contentType: "application/yaml", text: openAPI) }
+        r.add("GET", "/v1/info") { [self] _ in info() }
+        r.add("GET", "/metrics") { [self] _ in prometheus() }
+        r.add("POST", "/v1/jobs") { [self] in submit($0) }
+        r.add("GET", "/v1/jobs") { [self] in list($0) }
+        r.add("GET", "/v1/jobs/{id}") { [self] in withJob($0) { .json(self.view($0)) } }
+        r.add("DELETE", "/v1/jobs/{id}") { [self] req in
+            mapError { try scheduler.delete(req.pathParameters["id"]!); return HTTPResponse(status: .noContent) }
+        }
+        r.add("POST", "/v1/jobs/{id}/cancel") { [self] req in mapError { .json(view(try scheduler.cancel(req.pathParameters["id"]!)), status: .accepted) } }
+        r.add("POST", "/v1/jobs/{id}/pause") { [self] req in mapError { .json(view(try scheduler.pause(req.pathParameters["id"]!)), status: .accepted) } }
+        r.add("POST", "/v1/jobs/{id}/resume") { [self] req in mapError { .json(view(try scheduler.resume(req.pathParameters["id"]!)), status: .accepted) } }
+        r.add("GET", "/v1/jobs/{id}/metrics") { [self] req in withJob(req) { try metrics($0, req) } }
+        r.add("GET", "/v1/jobs/{id}/events") { [self] req in withJob(req) { events($0) } }
+        r.add("GET", "/v1/jobs/{id}/loss.svg") { [self] req in withJob(req) { try lossSVG($0) } }
+        r.add("GET", "/v1/jobs/{id}/checkpoints") { [self] req in withJob(req) { try checkpoints($0) } }
+        r.add("GET", "/v1/jobs/{id}/checkpoints/{name}") { [self] req in withJob(req) { try download($0, req) } }
+        r.add("GET", "/v1/jobs/{id}/logs") { [self] req in
+            withJob(req) { j in
+                let url = scheduler.settings.jobDirectory(j.id).appendingPathComponent("job.log")
+                let text = (try? String(contentsOf: url, encoding: .utf8)) ?? ""
+                return HTTPResponse(contentType: "text/plain; charset=utf-8", text: text)
+            }
+        }
+        return r
+    }
+
+    func mapError(_ body: () throws -> HTTPResponse) -> HTTPResponse {
+        do { return try body() } catch let e as JobError {
+            let status: HTTPStatus = switch e.code {
+            case .notFound: .notFound
+            case .conflict, .invalidState: .conflict
+            case .invalid: .badRequest
+            case .unavailable: .serviceUnavailable
+            case .internalError: .internalServerError
+            }
+            return .error(status, code: e.code.rawValue, message: e.message)
+        } catch let e as SpecError {
+            return .error(.unprocessableContent, code: "invalid_spec", message: "the job spec has \(e.issues.count) problem(s)",
+                          details: e.issues.map { ErrorDetail(field: $0.field, problem: $0.problem) })
+        } catch {
+            return .error(.internalServerError, code: "internal", message: "\(error)")
+        }
+    }
+
+    func withJob(_ req: HTTPRequest, _ body: (JobRecord) throws -> HTTPResponse) -> HTTPResponse {
+        mapError {
+            guard let j = try store.job(req.pathParameters["id"] ?? "") else { throw JobError(.notFound, "no job \(req.pathParameters["id"] ?? "")") }
+            return try body(j)
+        }
+    }
+
+    // MARK: - Jobs
+
+    func submit(_ req: HTTPRequest) -> HTTPResponse {
+        mapError {
+            if let ct = req.headers["Content-Type"], !ct.lowercased().hasPrefix("application/json") {
+                return .error(.unsupportedMediaType, code: "unsupported_media_type", message: "send the job spec as application/json")
+            }
+            let body = Data(req.body)
+            if req.query["dry_run"] == "true" {
+                let spec = try scheduler.validate(body).get()
+                let memory = Scheduler.estimatedMemoryBytes(spec)
+                let obj: [String: Any] = [
+                    "spec": (try? JSONSerialization.jsonObject(with: Data(spec.canonicalJSON().utf8))) ?? [:],
+                    "checks": ["valid": true, "queue_multiple_of_batch": spec.moco.queue % spec.optim.batch_size == 0],
+                    "estimate": ["memory_bytes": memory, "learning_rate": Double(spec.effectiveLearningRate)],
+                ]
+                return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]),
+                                    body: .bytes(Array(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) + [0x0a]))
+            }
+            let key = req.headers["Idempotency-Key"]
+            if let key, key.isEmpty || key.count > 200 { throw JobError(.invalid, "Idempotency-Key must be 1 to 200 characters") }
+            let priority = Int(req.query["priority"] ?? "0") ?? 0
+            let (job, created) = try scheduler.submit(body, idempotencyKey: key, priority: priority)
+            return .json(view(job), status: created ? .created : .ok, headers: HTTPHeaders([("Location", "/v1/jobs/\(job.id)")]))
+        }
+    }
+
+    func list(_ req: HTTPRequest) -> HTTPResponse {
+        mapError {
+            let q = req.query
+            var state: JobState?
+            if let s = q["state"] {
+                guard let parsed = JobState(rawValue: s) else { throw JobError(.invalid, "state must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))") }
+                state = parsed
+            }
+            let limit = Int(q["limit"] ?? "50") ?? -1
+            guard limit >= 1 && limit <= 500 else { throw JobError(.invalid, "limit must be between 1 and 500") }
+            var cursor: Int64?
+            if let c = q["cursor"] { guard let v = Int64(c) else { throw JobError(.invalid, "invalid cursor") }; cursor = v }
+            let jobs = try store.jobs(state: state, limit: limit, before: cursor)
+            let next = jobs.count == limit ? jobs.last?.seq.map(String.init) : nil
+            return .json(JobList(jobs: jobs.map(view), next_cursor: next))
+        }
+    }
+
+    struct JobList: Encodable { var jobs: [JobView]; var next_cursor: String? }
+
+    struct JobView: Encodable {
+        struct Progress: Encodable { var epoch: Int; var step: Int; var total_steps: Int; var images_per_second: Double?; var eta_seconds: Double? }
+        var id: String, name: String, state: String, priority: Int
+        var created_at: Date, started_at: Date?, finished_at: Date?
+        var failure_reason: String?
+        var progress: Progress
+        var last_loss: Double?, best_knn_top1: Double?
+        var links: [String: String]
+        var spec: JSONValue
+    }
+
+    func view(_ j: JobRecord) -> JobView {
+        let base = "/v1/jobs/\(j.id)"
+        return JobView(id: j.id, name: j.name, state: j.state.rawValue, priority: j.priority, created_at: j.createdAt, started_at: j.startedAt,
+                       finished_at: j.finishedAt, failure_reason: j.failureReason,
+                       progress: .init(epoch: j.epoch, step: j.step, total_steps: j.totalSteps, images_per_second: j.imagesPerSecond, eta_seconds: j.etaSeconds),
+                       last_loss: j.lastLoss, best_knn_top1: j.bestKnn,
+                       links: ["self": base, "metrics": base + "/metrics", "events": base + "/events", "checkpoints": base + "/checkpoints",
+                               "loss_svg": base + "/loss.svg", "logs": base + "/logs"],
+                       spec: JSONValue(text: j.spec))
+    }
+
+    // MARK: - Metrics, events, SVG
+
+    func metrics(_ j: JobRecord, _ req: HTTPRequest) throws -> HTTPResponse {
+        let q = req.query
+        let after = Int(q["after_step"] ?? "-1") ?? -2
+        let maxPoints = Int(q["max_points"] ?? "1000") ?? -1
+        guard after >= -1, maxPoints >= 1 && maxPoints <= 100_000 else {
+            throw JobError(.invalid, "after_step must be an integer >= -1 and max_points between 1 and 100000")
+        }
+        let format = q["format"] ?? "json"
+        guard format == "json" || format == "csv" else { throw JobError(.invalid, "format must be json or csv") }
+        let all = try store.metrics(j.id, afterStep: after)
+        let points = Downsample.evenly(all, max: maxPoints)
+        let cursor = all.last?.step ?? max(after, -1)
+        if format == "csv" {
+            let fields = ["kind", "step", "epoch", "loss", "lr", "images_per_second", "data_wait_share", "instance_accuracy",
+                          "feature_std", "loss_at_chance", "knn_top1"]
+            var text = fields.joined(separator: ",") + "\n"
+            for p in points {
+                let obj = (try? JSONSerialization.jsonObject(with: Data(p.json.utf8)) as? [String: Any]) ?? [:]
+                text += fields.map { f in obj[f].map { "\($0)" } ?? "" }.joined(separator: ",") + "\n"
+            }
+            return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "text/csv"), ("X-Next-After-Step", String(cursor))]),
+                                body: .bytes(Array(text.utf8)))
+        }
+        let body = #"{"job_id":"\#(j.id)","next_after_step":\#(cursor),"total_points":\#(all.count),"points":["# + points.map(\.json).joined(separator: ",") + "]}\n"
+        return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]), body: .bytes(Array(body.utf8)))
+    }
+
+    func events(_ j: JobRecord) -> HTTPResponse {
+        let scheduler = self.scheduler
+        let id = j.id
+        let initial = #"{"state":"\#(j.state.rawValue)","step":\#(j.step),"epoch":\#(j.epoch)}"#
+        return ServerSentEvents.response { sse in
+            let queue = EventQueue()
+            let token = scheduler.subscribe(id) { queue.push($0) }
+            defer { scheduler.unsubscribe(id, token) }
+            guard sse.send(event: "state", data: initial) else { return }
+            while !sse.isClosed {
+                if let e = queue.pop(timeout: 15) {
+                    guard sse.send(event: e.name, data: e.json) else { return }
+                    if e.name == "state", let s = (try? JSONSerialization.jsonObject(with: Data(e.json.utf8)) as? [String: Any])?["state"] as? String,
+                       JobState(rawValue: s)?.isTerminal == true { return }
+                } else if !sse.heartbeat() {
+                    return
+                }
+            }
+        }
+    }
+
+    func lossSVG(_ j: JobRecord) throws -> HTTPResponse {
+        let points = try store.metrics(j.id).compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.json.utf8)) }
+        return HTTPResponse(contentType: "image/svg+xml", text: LossChart.svg(title: j.name, points: Downsample.evenly(points, max: 2000)))
+    }
+
+    // MARK: - Checkpoints
+
+    struct CheckpointView: Encodable { var name: String, epoch: Int, step: Int, bytes: Int64, sha256: String, created_at: Date, knn_top1: Double?, url: String }
+
+    func checkpoints(_ j: JobRecord) throws -> HTTPResponse {
+        let list = try store.checkpoints(j.id).map {
+            CheckpointView(name: $0.name, epoch: $0.epoch, step: $0.step, bytes: $0.bytes, sha256: $0.sha256, created_at: $0.createdAt,
+                           knn_top1: $0.knnTop1, url: "/v1/jobs/\(j.id)/checkpoints/\($0.name)")
+        }
+        return .json(["checkpoints": list])
+    }
+
+    func download(_ j: JobRecord, _ req: HTTPRequest) throws -> HTTPResponse {
+        let all = try store.checkpoints(j.id)
+        let name = req.pathParameters["name"]!
+        guard let c = name == "latest" ? all.last : all.first(where: { $0.name == name }) else {
+            throw JobError(.notFound, "no checkpoint \(name) for job \(j.id)")
+        }
+        let path = scheduler.settings.jobDirectory(j.id).appendingPathComponent("checkpoints/\(c.name)")
+        let disposition = HTTPHeaders([("Content-Disposition", "attachment; filename=\"\(c.name)\"")])
+        if req.query["format"] == "encoder" {
+            let file = try SafeTensorsFile.read(from: path)
+            let info = try Checkpoint.info(of: file)
+            let spec = info.spec
+            let (mean, std) = try normalization(spec)
+            let exported = try Checkpoint.exportEncoder(file, mean: mean, std: std).encoded()
+            let name = c.name.replacingOccurrences(of: ".safetensors", with: "-encoder.safetensors")
+            return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/octet-stream"),
+                                                                   ("Content-Disposition", "attachment; filename=\"\(name)\""),
+                                                                   ("ETag", "\"\(SHA256.hex(exported))\"")]), body: .bytes(Array(exported)))
+        }
+        return FileResponder.respond(path: path.path, request: req.head, etag: c.sha256, extraHeaders: disposition)
+    }
+
+    func normalization(_ spec: JobSpec) throws -> ([Float], [Float]) {
+        if let m = spec.augment.mean, let s = spec.augment.std { return (m, s) }
+        let train = try DataSources.load(spec.data, roots: scheduler.settings.dataRoots, size: spec.augment.size, allowAbsolute: false)
+        let stats = train.channelStatistics()
+        return (spec.augment.mean ?? stats.mean.map { Float($0) }, spec.augment.std ?? stats.std.map { Float(max($0, 1e-6)) })
+    }
+
+    // MARK: - Info and Prometheus
+
+    func info() -> HTTPResponse {
+        .json(Info(version: Self.version, threads: scheduler.settings.threads, max_running: scheduler.settings.maxRunning,
+                   kernel_isa: Runtime.dnnlISA, openblas_core: Runtime.openBLASCore, data_roots: scheduler.settings.dataRoots,
+                   uptime_seconds: Date().timeIntervalSince(scheduler.started)))
+    }
+
+    struct Info: Encodable {
+        var version: String, threads: Int, max_running: Int, kernel_isa: String, openblas_core: String, data_roots: [String], uptime_seconds: Double
+    }
+
+    func prometheus() -> HTTPResponse {
+        var out = "# HELP mocod_jobs Jobs by state.\n# TYPE mocod_jobs gauge\n"
+        for s in JobState.allCases { out += "mocod_jobs{state=\"\(s.rawValue)\"} \((try? store.count(by: s)) ?? 0)\n" }
+        out += "# HELP mocod_training_steps_total Training steps run since the daemon started.\n# TYPE mocod_training_steps_total counter\n"
+        out += "mocod_training_steps_total \(scheduler.stepsTotal)\n"
+        let ips = ((try? store.jobs(state: .running, limit: 100)) ?? []).compactMap(\.imagesPerSecond).reduce(0, +)
+        out += "# HELP mocod_images_per_second Training throughput of running jobs.\n# TYPE mocod_images_per_second gauge\nmocod_images_per_second \(ips)\n"
+        out += stats.withLock { $0.prometheus() }
+        return HTTPResponse(contentType: "text/plain; version=0.0.4", text: out)
+    }
+}
+
+/// Request counts and a latency histogram per route, in Prometheus' text format.
+struct HTTPStats: Sendable {
+    static let buckets: [Double] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5]
+    var counts: [String: Int] = [:]
+    var histogram: [String: [Int]] = [:]
+    var sums: [String: Double] = [:]
+
+    mutating func record(route: String, method: String, status: Int, seconds: Double) {
+        counts["route=\"\(route)\",method=\"\(method)\",status=\"\(status)\"", default: 0] += 1
+        let key = "route=\"\(route)\""
+        var h = histogram[key] ?? Array(repeating: 0, count: Self.buckets.count + 1)
+        for (i, b) in Self.buckets.enumerated() where seconds <= b { h[i] += 1 }
+        h[Self.buckets.count] += 1
+        histogram[key] = h
+        sums[key, default: 0] += seconds
+    }
+
+    func prometheus() -> String {
+        var out = "# HELP mocod_http_requests_total HTTP requests by route, method and status.\n# TYPE mocod_http_requests_total counter\n"
+        for (labels, n) in counts.sorted(by: { $0.key < $1.key }) { out += "mocod_http_requests_total{\(labels)} \(n)\n" }
+        out += "# HELP mocod_http_request_duration_seconds Request latency.\n# TYPE mocod_http_request_duration_seconds histogram\n"
+        for (labels, h) in histogram.sorted(by: { $0.key < $1.key }) {
+            for (i, b) in Self.buckets.enumerated() { out += "mocod_http_request_duration_seconds_bucket{\(labels),le=\"\(b)\"} \(h[i])\n" }
+            out += "mocod_http_request_duration_seconds_bucket{\(labels),le=\"+Inf\"} \(h[Self.buckets.count])\n"
+            out += "mocod_http_request_duration_seconds_sum{\(labels)} \(sums[labels] ?? 0)\n"
+            out += "mocod_http_request_duration_seconds_count{\(labels)} \(h[Self.buckets.count])\n"
+        }
+        return out
+    }
+}
+
+/// Equal-length byte strings compared without an early exit.
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var diff = UInt8(a.count == b.count ? 0 : 1)
+    for i in 0..<max(a.count, b.count) { diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0) }
+    return diff == 0
+}
+
+/// Pre-encoded JSON embedded as is.
+struct JSONValue: Encodable {
+    let text: String
+    func encode(to encoder: Encoder) throws {
+        let obj = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) ?? [:]
+        var c = encoder.singleValueContainer()
+        try c.encode(AnyJSON(obj))
+    }
+}
+
+struct AnyJSON: Encodable {
+    let v: Any
+    init(_ v: Any) { self.v = v }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch v {
+        case let d as [String: Any]: try c.encode(d.mapValues(AnyJSON.init))
+        case let a as [Any]: try c.encode(a.map(AnyJSON.init))
+        case let s as String: try c.encode(s)
+        case let n as NSNumber:
+            if String(cString: n.objCType) == "c" { try c.encode(n.boolValue) }
+            else if n.doubleValue == n.doubleValue.rounded() && abs(n.doubleValue) < 1e15 { try c.encode(n.int64Value) }
+            else { try c.encode(n.doubleValue) }
+        case is NSNull: try c.encodeNil()
+        default: try c.encodeNil()
+        }
+    }
+}
+
+/// A blocking queue between the scheduler's publisher and one SSE stream.
+final class EventQueue: @unchecked Sendable {
+    /// Safe to share: `items` is guarded by `cond`.
+    private let cond = NSCondition()
+    private var items: [JobStreamEvent] = []
+    func push(_ e: JobStreamEvent) { cond.lock(); if items.count < 10_000 { items.append(e) }; cond.signal(); cond.unlock() }
+    func pop(timeout: Double) -> JobStreamEvent? {
+        cond.lock(); defer { cond.unlock() }
+        let deadline = Date().addingTimeInterval(timeout)
+        while items.isEmpty { if !cond.wait(until: deadline) { return nil } }
+        return items.removeFirst()
+    }
+}
+
+/// Evenly spaced picks that always keep the last element.
+enum Downsample {
+    static func evenly<T>(_ a: [T], max n: Int) -> [T] {
+        guard a.count > n, n >= 1 else { return a }
+        if n == 1 { return [a[a.count - 1]] }
+        return (0..<n).map { a[Int((Double($0) * Double(a.count - 1) / Double(n - 1)).rounded())] }
+    }
+}

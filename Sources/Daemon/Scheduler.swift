@@ -1,0 +1,315 @@
+import Data
+import Foundation
+import Jobs
+import Logging
+import MoCo
+import NN
+
+/// Settings the daemon runs with.
+public struct DaemonSettings: Sendable {
+    public var dataDirectory: URL
+    public var dataRoots: [String]
+    public var maxRunning: Int
+    /// Compute threads shared by the running jobs.
+    public var threads: Int
+    public init(dataDirectory: URL, dataRoots: [String], maxRunning: Int = 1, threads: Int = 2) {
+        self.dataDirectory = dataDirectory; self.dataRoots = dataRoots; self.maxRunning = maxRunning; self.threads = threads
+    }
+    public var databasePath: String { dataDirectory.appendingPathComponent("mocod.sqlite").path }
+    public func jobDirectory(_ id: String) -> URL { dataDirectory.appendingPathComponent("jobs/\(id)") }
+}
+
+/// A live event of a job, for Server-Sent Events subscribers.
+public struct JobStreamEvent: Sendable {
+    public var name: String
+    public var json: String
+}
+
+/// Runs jobs: a queue by priority then submission, at most `maxRunning` at once, each training
+/// on its own thread; every transition goes through the store's state machine.
+public final class Scheduler: @unchecked Sendable {
+    /// Safe to share: `running`, `stopRequests` and `subscribers` are guarded by `lock`; the
+    /// store is thread-safe; settings are immutable.
+    public let store: JobStore
+    public let settings: DaemonSettings
+    let logger: Logger
+    private let lock = NSLock()
+    private var running: [String: Thread] = [:]
+    private var stopRequests: [String: JobEvent] = [:]
+    private var subscribers: [String: [UUID: @Sendable (JobStreamEvent) -> Void]] = [:]
+    private var accepting = true
+    public let started = Date()
+    public private(set) var stepsTotal = 0
+
+    public init(store: JobStore, settings: DaemonSettings, logger: Logger) {
+        self.store = store
+        self.settings = settings
+        self.logger = logger
+    }
+
+    // MARK: - Submission
+
+    /// Parses and checks a spec the way a submission would, without creating anything.
+    public func validate(_ body: Data) -> Result<JobSpec, SpecError> {
+        let spec: JobSpec
+        do { spec = try JobSpec.parse(body) } catch { return .failure(error) }
+        var issues: [FieldIssue] = []
+        for (field, path) in [("data.path", spec.data.path)] + (spec.eval.map { [("eval.path", $0.path)] } ?? []) {
+            do { _ = try DataSources.resolve(path, roots: settings.dataRoots, allowAbsolute: false) } catch {
+                issues.append(FieldIssue(field, error.message))
+            }
+        }
+        // Limits that keep one job from taking the machine.
+        if spec.optim.batch_size > 1024 { issues.append(FieldIssue("optim.batch_size", "must be at most 1024 on this daemon")) }
+        if spec.moco.queue > 262_144 { issues.append(FieldIssue("moco.queue", "must be at most 262144 on this daemon")) }
+        if spec.augment.size > 256 { issues.append(FieldIssue("augment.size", "must be at most 256 on this daemon")) }
+        if spec.optim.epochs > 1000 { issues.append(FieldIssue("optim.epochs", "must be at most 1000 on this daemon")) }
+        if spec.threads > settings.threads { issues.append(FieldIssue("threads", "must be at most \(settings.threads) (the daemon's thread budget)")) }
+        let memory = Self.estimatedMemoryBytes(spec)
+        let available = Self.physicalMemory()
+        if Double(memory) > 0.8 * Double(available) {
+            issues.append(FieldIssue("optim.batch_size", "the job needs about \(memory >> 20) MiB, more than 80% of the machine's \(available >> 20) MiB"))
+        }
+        return issues.isEmpty ? .success(spec) : .failure(SpecError(issues))
+    }
+
+    /// A rough upper bound: both encoders' weights, SGD state and gradients, the queue, and the
+    /// activations of one training step (per image: the forward FLOPs of the stem-sized maps).
+    public static func estimatedMemoryBytes(_ spec: JobSpec) -> Int {
+        let c = spec.resnetConfig
+        let w = Double(c.width), s = Double(spec.augment.size)
+        let spatial = spec.model.stem == .cifar ? s * s : (s / 4) * (s / 4)
+        let blocks: Double = c.arch == .resnet18 ? 8 : 16
+        let perImage = spatial * w * 4 * blocks * 2.5 * (c.arch == .resnet50 ? 4 : 1)
+        let params = 11.2e6 * (w / 64) * (w / 64) * (c.arch == .resnet50 ? 2.1 : c.arch == .resnet34 ? 1.9 : 1)
+        let bytes = 4 * (perImage * Double(spec.optim.batch_size) * 2 + params * 5 + Double(spec.moco.queue * spec.model.dim))
+        return Int(bytes) + 300 << 20
+    }
+
+    static func physicalMemory() -> Int { Int(ProcessInfo.processInfo.physicalMemory) }
+
+    /// Submits a job: validated, stored (committed before returning), then scheduled.
+    public func submit(_ body: Data, idempotencyKey: String?, priority: Int) throws -> (JobRecord, Bool) {
+        lock.lock(); let open = accepting; lock.unlock()
+        guard open else { throw JobError(.unavailable, "the daemon is shutting down") }
+        let spec = try validate(body).get()
+        let canonical = spec.canonicalJSON()
+        let record = JobRecord(id: "job_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(16),
+                               name: spec.name, spec: canonical, priority: priority, idempotencyKey: idempotencyKey,
+                               bodyHash: idempotencyKey == nil ? nil : SHA256.hex(body))
+        let (job, created) = try store.create(record)
+        if created {
+            publish(job.id, JobStreamEvent(name: "state", json: #"{"state":"queued","reason":"submitted"}"#))
+            schedule()
+        }
+        return (job, created)
+    }
+
+    // MARK: - Control
+
+    public func cancel(_ id: String) throws -> JobRecord {
+        guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
+        if j.state == .running { return try requestStop(id, .cancel) }
+        let r = try store.apply(.cancel, to: id, reason: "cancelled by request")
+        publishState(r, reason: "cancelled by request")
+        return r
+    }
+
+    public func pause(_ id: String) throws -> JobRecord {
+        guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
+        if j.state == .running { return try requestStop(id, .pause) }
+        let r = try store.apply(.pause, to: id, reason: "paused by request")
+        publishState(r, reason: "paused by request")
+        return r
+    }
+
+    public func resume(_ id: String) throws -> JobRecord {
+        let r = try store.apply(.resume, to: id, reason: "resumed by request")
+        publishState(r, reason: "resumed by request")
+        schedule()
+        return r
+    }
+
+    /// A running job stops at its next step boundary (after writing a checkpoint).
+    private func requestStop(_ id: String, _ event: JobEvent) throws -> JobRecord {
+        lock.lock()
+        stopRequests[id] = event
+        lock.unlock()
+        guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
+        return j
+    }
+
+    public func delete(_ id: String) throws {
+        guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
+        guard j.state.isTerminal else { throw JobError(.invalidState, "only finished jobs can be deleted; this one is \(j.state.rawValue)") }
+        try store.delete(id)
+        try? FileManager.default.removeItem(at: settings.jobDirectory(id))
+    }
+
+    public var runningCount: Int { lock.lock(); defer { lock.unlock() }; return running.count }
+
+    // MARK: - Scheduling
+
+    /// Starts queued jobs while slots are free.
+    public func schedule() {
+        var started: [JobRecord] = []
+        lock.lock()
+        while accepting && running.count < settings.maxRunning {
+            guard let next = try? store.nextQueued(), let job = try? store.apply(.start, to: next.id, reason: "scheduled") else { break }
+            started.append(job)
+            let thread = Thread { [self] in run(job) }
+            thread.name = "mocod-train"
+            thread.stackSize = 8 << 20
+            running[job.id] = thread
+            thread.start()
+        }
+        lock.unlock()
+        // Published outside the lock: subscribers' handlers may call back into the scheduler.
+        for job in started { publishState(job, reason: "scheduled") }
+    }
+
+    /// Jobs that were running when the daemon stopped go back to the queue, to resume from
+    /// their last valid checkpoint.
+    public func recover() throws {
+        for j in try store.jobs(state: .running, limit: 10_000) {
+            _ = try store.apply(.interrupt, to: j.id, reason: "daemon restarted; resuming from the last valid checkpoint")
+        }
+        schedule()
+    }
+
+    /// Stops accepting, asks running jobs to checkpoint and stop, and waits for them.
+    public func shutdown(timeout: Double = 120) {
+        lock.lock()
+        accepting = false
+        for id in running.keys { stopRequests[id] = .interrupt }
+        lock.unlock()
+        let deadline = Date().addingTimeInterval(timeout)
+        while runningCount > 0 && Date() < deadline { usleep(50_000) }
+    }
+
+    public var isAccepting: Bool { lock.lock(); defer { lock.unlock() }; return accepting }
+
+    // MARK: - Running one job (on its own thread)
+
+    private func run(_ job: JobRecord) {
+        let id = job.id
+        var log = logger
+        log[metadataKey: "job.id"] = "\(id)"
+        let outcome: Result<TrainingOutcome, Error> = Result {
+            let spec = try JobSpec.parse(Data(job.spec.utf8))
+            var s = spec
+            s.threads = max(1, min(spec.threads, settings.threads / max(settings.maxRunning, 1)))
+            let train = try DataSources.load(s.data, roots: settings.dataRoots, size: s.augment.size, allowAbsolute: false)
+            let eval = try s.eval.map { try DataSources.load($0.source, roots: settings.dataRoots, size: s.augment.size, allowAbsolute: false) }
+            let dir = settings.jobDirectory(id)
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            var pending: [MetricRecord] = []
+            var lastFlush = Date()
+            let trainer = Trainer(spec: s, train: train, eval: eval, outDirectory: dir, workers: 1) { [self] event in
+                handle(event, job: id, pending: &pending, lastFlush: &lastFlush, log: log)
+            }
+            // Resume from the newest checkpoint whose digest matches (a corrupt one is skipped).
+            let resume = trainer.store.latestValid()?.url
+            if let resume { log.info("resuming", metadata: ["checkpoint": "\(resume.lastPathComponent)"]) }
+            let result = try trainer.run(resume: resume) { [self] in
+                lock.lock(); defer { lock.unlock() }
+                return stopRequests[id] != nil
+            }
+            try store.appendMetrics(pending)
+            return result
+        }
+        lock.lock()
+        let requested = stopRequests.removeValue(forKey: id)
+        running.removeValue(forKey: id)
+        lock.unlock()
+        let (event, reason): (JobEvent, String) = switch outcome {
+        case .success(.finished): (.finish, "finished all epochs")
+        case .success(.stopped): requested.map { ($0, $0 == .interrupt ? "daemon stopping; checkpointed" : "\($0.rawValue) by request; checkpointed") }
+            ?? (.interrupt, "stopped")
+        case .success(.failed(let why)): (.fail, why)
+        case .failure(let error): (.fail, "\(error)")
+        }
+        if let j = try? store.apply(event, to: id, reason: reason) { publishState(j, reason: reason) }
+        log.info("job ended", metadata: ["job.state": "\(event.rawValue)", "job.reason": "\(reason)"])
+        schedule()
+    }
+
+    private func handle(_ event: TrainingEvent, job id: String, pending: inout [MetricRecord], lastFlush: inout Date, log: Logger) {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        switch event {
+        case .started(let total, _, let warnings):
+            try? store.updateProgress(id) { $0.totalSteps = total }
+            for w in warnings { log.warning("preflight", metadata: ["warning": "\(w)"]) }
+        case .step(let p), .evaluated(let p):
+            let json = String(decoding: (try? enc.encode(p)) ?? Data(), as: UTF8.self)
+            pending.append(MetricRecord(jobId: id, step: p.step, kind: p.kind, json: json))
+            lock.lock(); stepsTotal += p.kind == "step" ? 1 : 0; lock.unlock()
+            if Date().timeIntervalSince(lastFlush) > 1 || p.kind == "eval" {
+                try? store.appendMetrics(pending)
+                pending.removeAll()
+                lastFlush = Date()
+                try? store.updateProgress(id) { j in
+                    j.step = p.step
+                    j.epoch = p.epoch
+                    if let l = p.loss { j.lastLoss = l }
+                    if let v = p.images_per_second { j.imagesPerSecond = v }
+                    if let e = p.eta_seconds { j.etaSeconds = e }
+                    if let k = p.knn_top1 { j.bestKnn = max(j.bestKnn ?? -1, k) }
+                }
+            }
+            publish(id, JobStreamEvent(name: p.kind == "eval" ? "eval" : "metric", json: json))
+        case .checkpointed(let url, let sha):
+            let header = try? SafeTensorsFile.readHeader(from: url)
+            let bytes = ((try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber)?.int64Value ?? 0
+            let record = CheckpointRecord(jobId: id, name: url.lastPathComponent, epoch: Int(header?.metadata["epoch"] ?? "") ?? 0,
+                                          step: Int(header?.metadata["step"] ?? "") ?? 0, bytes: bytes, sha256: sha, createdAt: Date(),
+                                          knnTop1: header?.metadata["knn_top1"].flatMap(Double.init))
+            try? store.recordCheckpoint(record)
+            // Retention may have removed older files: keep the table in step with the folder.
+            let present = Set((try? FileManager.default.contentsOfDirectory(atPath: url.deletingLastPathComponent().path)) ?? [])
+            for c in (try? store.checkpoints(id)) ?? [] where !present.contains(c.name) { try? store.removeCheckpoint(job: id, name: c.name) }
+            publish(id, JobStreamEvent(name: "checkpoint", json: #"{"name":"\#(url.lastPathComponent)","sha256":"\#(sha)"}"#))
+            log.info("checkpoint", metadata: ["checkpoint": "\(url.lastPathComponent)"])
+        case .message(let m):
+            log.info("\(m)")
+            appendLog(id, m)
+        }
+    }
+
+    /// A job's human-readable log (`jobs/<id>/job.log`).
+    func appendLog(_ id: String, _ line: String) {
+        let url = settings.jobDirectory(id).appendingPathComponent("job.log")
+        let text = ISO8601DateFormatter().string(from: Date()) + " " + line + "\n"
+        if let h = try? FileHandle(forWritingTo: url) {
+            h.seekToEndOfFile()
+            h.write(Data(text.utf8))
+            try? h.close()
+        } else {
+            try? Data(text.utf8).write(to: url)
+        }
+    }
+
+    // MARK: - Live events
+
+    public func subscribe(_ id: String, _ handler: @escaping @Sendable (JobStreamEvent) -> Void) -> UUID {
+        let token = UUID()
+        lock.lock(); subscribers[id, default: [:]][token] = handler; lock.unlock()
+        return token
+    }
+
+    public func unsubscribe(_ id: String, _ token: UUID) {
+        lock.lock(); subscribers[id]?[token] = nil; lock.unlock()
+    }
+
+    func publish(_ id: String, _ event: JobStreamEvent) {
+        lock.lock(); let subs = subscribers[id].map { Array($0.values) } ?? []; lock.unlock()
+        for s in subs { s(event) }
+    }
+
+    func publishState(_ j: JobRecord, reason: String) {
+        let r = reason.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: " ")
+        publish(j.id, JobStreamEvent(name: "state", json: #"{"state":"\#(j.state.rawValue)","reason":"\#(r)"}"#))
+        if j.state == .running { appendLog(j.id, "state: running (\(reason))") }
+    }
+}
