@@ -222,6 +222,8 @@ public final class API: Sendable {
             let token = scheduler.subscribe(id) { queue.push($0) }
             defer { scheduler.unsubscribe(id, token) }
             guard sse.send(event: "state", data: initial) else { return }
+            // A finished job has nothing more to say.
+            if let current = try? scheduler.store.job(id), current.state.isTerminal { return }
             while !sse.isClosed {
                 if let e = queue.pop(timeout: 15) {
                     guard sse.send(event: e.name, data: e.json) else { return }

@@ -215,7 +215,7 @@ public final class Scheduler: @unchecked Sendable {
                 lock.lock(); defer { lock.unlock() }
                 return stopRequests[id] != nil
             }
-            try store.appendMetrics(pending)
+            flush(id, &pending)
             return result
         }
         lock.lock()
@@ -246,17 +246,8 @@ public final class Scheduler: @unchecked Sendable {
             pending.append(MetricRecord(jobId: id, step: p.step, kind: p.kind, json: json))
             lock.lock(); stepsTotal += p.kind == "step" ? 1 : 0; lock.unlock()
             if Date().timeIntervalSince(lastFlush) > 1 || p.kind == "eval" {
-                try? store.appendMetrics(pending)
-                pending.removeAll()
+                flush(id, &pending)
                 lastFlush = Date()
-                try? store.updateProgress(id) { j in
-                    j.step = p.step
-                    j.epoch = p.epoch
-                    if let l = p.loss { j.lastLoss = l }
-                    if let v = p.images_per_second { j.imagesPerSecond = v }
-                    if let e = p.eta_seconds { j.etaSeconds = e }
-                    if let k = p.knn_top1 { j.bestKnn = max(j.bestKnn ?? -1, k) }
-                }
             }
             publish(id, JobStreamEvent(name: p.kind == "eval" ? "eval" : "metric", json: json))
         case .checkpointed(let url, let sha):
@@ -274,6 +265,24 @@ public final class Scheduler: @unchecked Sendable {
         case .message(let m):
             log.info("\(m)")
             appendLog(id, m)
+        }
+    }
+
+    /// Stores buffered metric points and moves the job's progress to the newest of them.
+    func flush(_ id: String, _ pending: inout [MetricRecord]) {
+        guard !pending.isEmpty else { return }
+        try? store.appendMetrics(pending)
+        let points = pending.compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.json.utf8)) }
+        pending.removeAll()
+        try? store.updateProgress(id) { j in
+            for p in points {
+                j.step = max(j.step, p.step)
+                j.epoch = max(j.epoch, p.epoch)
+                if let l = p.loss { j.lastLoss = l }
+                if let v = p.images_per_second { j.imagesPerSecond = v }
+                if let e = p.eta_seconds { j.etaSeconds = e }
+                if let k = p.knn_top1 { j.bestKnn = max(j.bestKnn ?? -1, k) }
+            }
         }
     }
 

@@ -1,0 +1,272 @@
+import Daemon
+import Foundation
+import HTTP
+import Jobs
+import Logging
+import Testing
+
+/// A daemon (scheduler + API + server) on port 0 with a temporary data directory and a tiny
+/// NPY dataset under its own data root.
+final class LiveDaemon {
+    let dir: URL
+    let server: HTTPServer
+    let scheduler: Scheduler
+    var port: Int { server.port }
+
+    init(token: String? = nil) throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("daemon-\(UUID())")
+        let root = dir.appendingPathComponent("datasets")
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        try LiveDaemon.writeImages(to: root.appendingPathComponent("imgs.npy"), count: 64)
+        let settings = DaemonSettings(dataDirectory: dir, dataRoots: [root.path], maxRunning: 1, threads: 1)
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        scheduler = Scheduler(store: try JobStore(path: settings.databasePath), settings: settings, logger: logger)
+        let api = API(scheduler: scheduler, token: token, openAPI: OpenAPIDocument.text)
+        server = HTTPServer(configuration: ServerConfiguration(), logger: logger, handler: api.handler())
+        try server.start()
+    }
+
+    static func writeImages(to url: URL, count: Int) throws {
+        var header = "{'descr': '|u1', 'fortran_order': False, 'shape': (\(count), 8, 8), }"
+        while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        let length = header.utf8.count
+        var bytes: [UInt8] = [0x93]
+        bytes += Array("NUMPY".utf8)
+        bytes += [1, 0, UInt8(length & 0xff), UInt8(length >> 8)]
+        bytes += Array(header.utf8)
+        let pixels: [UInt8] = (0..<(count * 64)).map { (i: Int) -> UInt8 in UInt8((i * 37 + (i / 64) * 11) % 256) }
+        bytes += pixels
+        try Data(bytes).write(to: url)
+    }
+
+    func stop() {
+        scheduler.shutdown(timeout: 10)
+        server.shutdown()
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    struct Reply { let status: Int; let headers: [String: String]; let body: Data
+        var json: [String: Any] { (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:] }
+    }
+
+    /// One request on a fresh connection (a raw socket: exact bytes, no client-side magic).
+    func request(_ method: String, _ path: String, body: String? = nil, headers: [String: String] = [:]) -> Reply {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var text = "\(method) \(path) HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        var h = headers
+        if let body { h["Content-Length"] = String(body.utf8.count); if h["Content-Type"] == nil { h["Content-Type"] = "application/json" } }
+        for (k, v) in h { text += "\(k): \(v)\r\n" }
+        text += "\r\n" + (body ?? "")
+        _ = Array(text.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var data = Data()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            data.append(contentsOf: buf[0..<n])
+        }
+        guard let end = data.range(of: Data("\r\n\r\n".utf8)) else { return Reply(status: -1, headers: [:], body: Data()) }
+        let lines = String(decoding: data[..<end.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+        var hs: [String: String] = [:]
+        for l in lines.dropFirst() { let p = l.split(separator: ":", maxSplits: 1); hs[p[0].lowercased()] = p.count > 1 ? p[1].trimmingCharacters(in: .whitespaces) : "" }
+        var body = Data(data[end.upperBound...])
+        if hs["transfer-encoding"] == "chunked" { body = LiveDaemon.dechunk(body) }
+        return Reply(status: Int(lines[0].split(separator: " ")[1]) ?? -1, headers: hs, body: body)
+    }
+
+    static func dechunk(_ d: Data) -> Data {
+        var out = Data(), i = d.startIndex
+        while let le = d[i...].range(of: Data("\r\n".utf8)) {
+            guard let size = Int(String(decoding: d[i..<le.lowerBound], as: UTF8.self), radix: 16), size > 0 else { break }
+            out.append(d[le.upperBound..<(le.upperBound + size)])
+            i = le.upperBound + size + 2
+        }
+        return out
+    }
+
+    static let spec = """
+    {"name": "api-test", "data": {"format": "npy", "path": "imgs.npy"},
+     "model": {"arch": "resnet18", "stem": "cifar", "width": 4, "in_channels": 1, "dim": 8},
+     "moco": {"queue": 32, "momentum": 0.9, "temperature": 0.2, "bn_splits": 2},
+     "augment": {"preset": "v2", "size": 8}, "optim": {"batch_size": 16, "epochs": 2},
+     "checkpoint": {"every_steps": 2, "keep_last": 10}, "threads": 1}
+    """
+
+    func waitFor(_ id: String, _ states: Set<String>, timeout: Double = 60) -> [String: Any] {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last: [String: Any] = [:]
+        while Date() < deadline {
+            last = request("GET", "/v1/jobs/\(id)").json
+            if let s = last["state"] as? String, states.contains(s) { return last }
+            usleep(100_000)
+        }
+        return last
+    }
+}
+
+@Suite(.serialized) struct APITests {
+    @Test func jobLifecycleOverHTTP() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        #expect(d.request("GET", "/healthz").status == 200)
+        let info = d.request("GET", "/v1/info")
+        #expect(info.status == 200 && info.json["version"] as? String == API.version)
+        let created = d.request("POST", "/v1/jobs", body: LiveDaemon.spec)
+        #expect(created.status == 201, "\(String(decoding: created.body, as: UTF8.self))")
+        let id = try #require(created.json["id"] as? String)
+        #expect(created.headers["location"] == "/v1/jobs/\(id)")
+        let done = d.waitFor(id, ["succeeded", "failed"])
+        #expect(done["state"] as? String == "succeeded", "\(done)")
+        #expect((done["progress"] as? [String: Any])?["step"] as? Int == 8)
+        // Metrics: all, downsampled, incremental, CSV.
+        let m = d.request("GET", "/v1/jobs/\(id)/metrics").json
+        #expect((m["points"] as? [Any])?.count == 8 && m["next_after_step"] as? Int == 8)
+        #expect((d.request("GET", "/v1/jobs/\(id)/metrics?max_points=3").json["points"] as? [Any])?.count == 3)
+        #expect((d.request("GET", "/v1/jobs/\(id)/metrics?after_step=6").json["points"] as? [Any])?.count == 2)
+        let csv = d.request("GET", "/v1/jobs/\(id)/metrics?format=csv")
+        #expect(csv.headers["content-type"] == "text/csv" && String(decoding: csv.body, as: UTF8.self).split(separator: "\n").count == 9)
+        #expect(d.request("GET", "/v1/jobs/\(id)/metrics?max_points=0").status == 400)
+        #expect(d.request("GET", "/v1/jobs/\(id)/metrics?format=xml").status == 400)
+        // SVG, logs, events of a finished job.
+        let svg = d.request("GET", "/v1/jobs/\(id)/loss.svg")
+        #expect(svg.headers["content-type"] == "image/svg+xml" && String(decoding: svg.body, as: UTF8.self).hasPrefix("<svg"))
+        #expect(d.request("GET", "/v1/jobs/\(id)/logs").status == 200)
+        let events = d.request("GET", "/v1/jobs/\(id)/events")
+        #expect(events.headers["content-type"] == "text/event-stream" && String(decoding: events.body, as: UTF8.self).contains("\"state\":\"succeeded\""))
+        // Checkpoints: list, download with ETag = SHA-256, ranges, latest, encoder export.
+        let list = try #require(d.request("GET", "/v1/jobs/\(id)/checkpoints").json["checkpoints"] as? [[String: Any]])
+        #expect(list.map { $0["step"] as? Int } == [2, 4, 6, 8])
+        let last = list.last!
+        let file = d.request("GET", "/v1/jobs/\(id)/checkpoints/latest")
+        #expect(file.status == 200 && file.headers["etag"] == "\"\(last["sha256"] as! String)\"" && file.body.count == last["bytes"] as? Int)
+        let part = d.request("GET", "/v1/jobs/\(id)/checkpoints/\(last["name"] as! String)", headers: ["Range": "bytes=10-19"])
+        #expect(part.status == 206 && part.body == file.body[10..<20])
+        #expect(d.request("GET", "/v1/jobs/\(id)/checkpoints/nope").status == 404)
+        let enc = d.request("GET", "/v1/jobs/\(id)/checkpoints/latest?format=encoder")
+        #expect(enc.status == 200 && enc.body.count > 8)
+        // State errors: a finished job cannot be paused or cancelled; it can be deleted.
+        #expect(d.request("POST", "/v1/jobs/\(id)/pause").status == 409)
+        #expect(d.request("POST", "/v1/jobs/\(id)/cancel").status == 409)
+        #expect(d.request("POST", "/v1/jobs/\(id)/resume").status == 409)
+        #expect(d.request("DELETE", "/v1/jobs/\(id)").status == 204)
+        #expect(d.request("GET", "/v1/jobs/\(id)").status == 404)
+        #expect(!FileManager.default.fileExists(atPath: d.dir.appendingPathComponent("jobs/\(id)").path))
+    }
+
+    @Test func validationIdempotencyAndListing() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let bad = d.request("POST", "/v1/jobs", body: #"{"data": {"path": "imgs.npy"}, "optim": {"bacth_size": 3}, "colour": 1}"#)
+        #expect(bad.status == 422)
+        let fields = ((bad.json["error"] as? [String: Any])?["details"] as? [[String: Any]])?.compactMap { $0["field"] as? String } ?? []
+        #expect(Set(fields) == ["optim.bacth_size", "colour"])
+        #expect(d.request("POST", "/v1/jobs", body: "{").status == 422)
+        #expect(d.request("POST", "/v1/jobs", body: LiveDaemon.spec, headers: ["Content-Type": "text/plain"]).status == 415)
+        let dry = d.request("POST", "/v1/jobs?dry_run=true", body: LiveDaemon.spec)
+        #expect(dry.status == 200 && dry.json["estimate"] != nil)
+        #expect((d.request("GET", "/v1/jobs").json["jobs"] as? [Any])?.isEmpty == true)   // the dry run created nothing
+        // Idempotency: same key and body → same job; other body → 409.
+        let a = d.request("POST", "/v1/jobs", body: LiveDaemon.spec, headers: ["Idempotency-Key": "k-1"])
+        let b = d.request("POST", "/v1/jobs", body: LiveDaemon.spec, headers: ["Idempotency-Key": "k-1"])
+        #expect(a.status == 201 && b.status == 200 && a.json["id"] as? String == b.json["id"] as? String)
+        let other = LiveDaemon.spec.replacingOccurrences(of: "api-test", with: "other")
+        #expect(d.request("POST", "/v1/jobs", body: other, headers: ["Idempotency-Key": "k-1"]).status == 409)
+        let second = d.request("POST", "/v1/jobs", body: other)
+        // Pause the queued one, list by state, page with the cursor.
+        let sid = second.json["id"] as! String
+        #expect(d.request("POST", "/v1/jobs/\(sid)/pause").status == 202)
+        #expect((d.request("GET", "/v1/jobs?state=paused").json["jobs"] as? [[String: Any]])?.first?["id"] as? String == sid)
+        let page = d.request("GET", "/v1/jobs?limit=1").json
+        #expect((page["jobs"] as? [Any])?.count == 1)
+        let cursor = try #require(page["next_cursor"] as? String)
+        #expect((d.request("GET", "/v1/jobs?limit=1&cursor=\(cursor)").json["jobs"] as? [[String: Any]])?.first?["id"] as? String == a.json["id"] as? String)
+        #expect(d.request("GET", "/v1/jobs?state=bogus").status == 400)
+        #expect(d.request("GET", "/v1/jobs?limit=0").status == 400)
+        #expect(d.request("DELETE", "/v1/jobs/\(sid)").status == 409)   // not finished
+        #expect(d.request("POST", "/v1/jobs/\(sid)/cancel").status == 202)
+        #expect(d.request("GET", "/v1/jobs/missing").status == 404)
+        #expect(d.request("PUT", "/v1/jobs").status == 405)
+        #expect(d.request("GET", "/nowhere").status == 404)
+        let metrics = String(decoding: d.request("GET", "/metrics").body, as: UTF8.self)
+        #expect(metrics.contains("mocod_jobs{state=\"cancelled\"} 1") && metrics.contains("mocod_http_requests_total{route=\"/v1/jobs\""))
+        _ = d.waitFor(a.json["id"] as! String, ["succeeded", "failed"])
+    }
+
+    /// Dataset paths stay inside the data roots.
+    @Test func pathConfinement() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let outside = FileManager.default.temporaryDirectory.appendingPathComponent("outside-\(UUID())")
+        try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: outside) }
+        try LiveDaemon.writeImages(to: outside.appendingPathComponent("imgs.npy"), count: 64)
+        try FileManager.default.createSymbolicLink(at: d.dir.appendingPathComponent("datasets/escape"), withDestinationURL: outside)
+        for path in ["../imgs.npy", "/etc/passwd", outside.appendingPathComponent("imgs.npy").path, "escape/imgs.npy", "missing.npy"] {
+            let r = d.request("POST", "/v1/jobs", body: LiveDaemon.spec.replacingOccurrences(of: "\"imgs.npy\"", with: "\"\(path)\""))
+            #expect(r.status == 422, "\(path)")
+            let fields = ((r.json["error"] as? [String: Any])?["details"] as? [[String: Any]])?.compactMap { $0["field"] as? String }
+            #expect(fields == ["data.path"], "\(path)")
+        }
+    }
+
+    /// Every route × no, wrong and malformed token: 401 everywhere but /healthz.
+    @Test func authMatrix() throws {
+        let token = "s3cret-token-0123456789"
+        let d = try LiveDaemon(token: token)
+        defer { d.stop() }
+        let routes = OpenAPIRoutes.parse(OpenAPIDocument.text).map { ($0.method, $0.path.replacingOccurrences(of: "{id}", with: "job_x").replacingOccurrences(of: "{name}", with: "latest")) }
+        for (method, path) in routes {
+            for header in [nil, "Bearer wrong-token-0000000000", "Basic \(token)", "Bearer", token] as [String?] {
+                let r = d.request(method, path, body: method == "POST" ? "{}" : nil, headers: header.map { ["Authorization": $0] } ?? [:])
+                if path == "/healthz" { #expect(r.status == 200) } else {
+                    #expect(r.status == 401, "\(method) \(path) with \(header ?? "none")")
+                    #expect(r.headers["www-authenticate"]?.hasPrefix("Bearer") == true)
+                }
+            }
+            let ok = d.request(method, path, body: method == "POST" ? "{}" : nil, headers: ["Authorization": "Bearer \(token)"])
+            #expect(ok.status != 401, "\(method) \(path) refused the right token")
+        }
+    }
+
+    /// Every path and method in openapi.yaml is routed, and every route is in openapi.yaml.
+    @Test func openAPIMatchesTheRoutes() throws {
+        let documented = Set(OpenAPIRoutes.parse(OpenAPIDocument.text).map { "\($0.method) \($0.path)" })
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let api = API(scheduler: d.scheduler, token: nil, openAPI: "")
+        let routed = Set(api.routes().table.map { "\($0.method) \($0.pattern)" })
+        #expect(documented == routed, "only documented: \(documented.subtracting(routed)); only routed: \(routed.subtracting(documented))")
+        // The embedded document is the repository's openapi.yaml, byte for byte.
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("openapi.yaml")
+        #expect(try String(contentsOf: file, encoding: .utf8) + "\n" == OpenAPIDocument.text + "\n" || (try String(contentsOf: file, encoding: .utf8)) == OpenAPIDocument.text + "\n")
+        #expect(String(decoding: d.request("GET", "/openapi.yaml").body, as: UTF8.self) == OpenAPIDocument.text)
+    }
+}
+
+/// Paths and methods of an OpenAPI document (the `paths:` section, two-space YAML as ours is written).
+enum OpenAPIRoutes {
+    static func parse(_ yaml: String) -> [(method: String, path: String)] {
+        var out: [(String, String)] = []
+        var inPaths = false, current: String?
+        for line in yaml.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line == "paths:" { inPaths = true; continue }
+            guard inPaths else { continue }
+            if line.hasPrefix("  /") && line.hasSuffix(":") { current = String(line.dropFirst(2).dropLast()); continue }
+            for m in ["get", "post", "put", "delete", "patch"] where line == "    \(m):" {
+                if let current { out.append((m.uppercased(), current)) }
+            }
+        }
+        return out
+    }
+}
