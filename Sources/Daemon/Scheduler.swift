@@ -251,6 +251,9 @@ public final class Scheduler: @unchecked Sendable {
             }
             publish(id, JobStreamEvent(name: p.kind == "eval" ? "eval" : "metric", json: json))
         case .checkpointed(let url, let sha):
+            // Everything up to a checkpoint is durable: after a crash, training resumes there.
+            flush(id, &pending)
+            lastFlush = Date()
             let header = try? SafeTensorsFile.readHeader(from: url)
             let bytes = ((try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber)?.int64Value ?? 0
             let record = CheckpointRecord(jobId: id, name: url.lastPathComponent, epoch: Int(header?.metadata["epoch"] ?? "") ?? 0,

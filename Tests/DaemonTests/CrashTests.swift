@@ -1,0 +1,105 @@
+import Foundation
+import Testing
+
+/// kill -9 the daemon after a checkpoint, start it again: the job resumes from that checkpoint
+/// and succeeds; nothing is lost.
+@Suite(.serialized) struct CrashTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let exe = root.appendingPathComponent(".build/debug/mocod")
+
+    func start(_ dir: URL, port: Int) throws -> Process {
+        let p = Process()
+        p.executableURL = Self.exe
+        p.arguments = ["--port", String(port), "--data-dir", dir.path, "--data-root", dir.appendingPathComponent("datasets").path,
+                       "--threads", "1", "--log-level", "warning"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
+    func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var out = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &out) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: out.sin_port))
+    }
+
+    func curl(_ args: [String]) -> Data {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["curl", "-s", "--max-time", "5"] + args
+        let out = Pipe()
+        p.standardOutput = out
+        try? p.run()
+        let d = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return d
+    }
+
+    func json(_ d: Data) -> [String: Any] { (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] ?? [:] }
+
+    @Test func killedDaemonResumesFromCheckpoint() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build mocod first (swift build)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("crash-\(UUID())")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("datasets"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try LiveDaemon.writeImages(to: dir.appendingPathComponent("datasets/imgs.npy"), count: 512)
+        let port = freePort()
+        var daemon = try start(dir, port: port)
+        defer { if daemon.isRunning { daemon.terminate() } }
+        let base = "http://127.0.0.1:\(port)"
+        for _ in 0..<100 where curl(["\(base)/healthz"]).isEmpty { usleep(50_000) }
+        let spec = """
+        {"name": "crash", "data": {"format": "npy", "path": "imgs.npy"},
+         "model": {"arch": "resnet18", "stem": "cifar", "width": 8, "in_channels": 1, "dim": 16},
+         "moco": {"queue": 64, "momentum": 0.9, "temperature": 0.2, "bn_splits": 2},
+         "augment": {"preset": "v2", "size": 8}, "optim": {"batch_size": 32, "epochs": 4},
+         "checkpoint": {"every_steps": 4, "keep_last": 100}, "threads": 1}
+        """
+        let created = json(curl(["-X", "POST", "-H", "Content-Type: application/json", "--data", spec, "\(base)/v1/jobs"]))
+        let id = try #require(created["id"] as? String)
+        // Wait for the first checkpoint, then kill -9.
+        let ckdir = dir.appendingPathComponent("jobs/\(id)/checkpoints")
+        var deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: ckdir.path)) ?? []
+            if names.contains(where: { $0.hasSuffix(".sha256") }) { break }
+            usleep(20_000)
+        }
+        kill(daemon.processIdentifier, SIGKILL)
+        daemon.waitUntilExit()
+        let onDisk = ((try? FileManager.default.contentsOfDirectory(atPath: ckdir.path)) ?? []).filter { $0.hasSuffix(".sha256") }
+        try #require(!onDisk.isEmpty, "no checkpoint before the kill")
+        let newestStep = onDisk.compactMap { Int($0.split(separator: "-s").last?.prefix(8) ?? "") }.max()!
+        // Restart: the job resumes from its newest valid checkpoint and succeeds.
+        daemon = try start(dir, port: port)
+        for _ in 0..<100 where curl(["\(base)/healthz"]).isEmpty { usleep(50_000) }
+        var state = ""
+        deadline = Date().addingTimeInterval(120)
+        while Date() < deadline {
+            state = json(curl(["\(base)/v1/jobs/\(id)"]))["state"] as? String ?? ""
+            if state == "succeeded" || state == "failed" { break }
+            usleep(100_000)
+        }
+        #expect(state == "succeeded")
+        let log = String(decoding: curl(["\(base)/v1/jobs/\(id)/logs"]), as: UTF8.self)
+        #expect(log.contains("resumed from ckpt-"), "\(log)")
+        let resumedAt = log.components(separatedBy: " at step ").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) } ?? -1
+        #expect(resumedAt >= newestStep && resumedAt % 4 == 0, "resumed at \(resumedAt), newest checkpoint before the kill \(newestStep)")
+        let metrics = json(curl(["\(base)/v1/jobs/\(id)/metrics?max_points=100000"]))
+        let steps = (metrics["points"] as? [[String: Any]] ?? []).filter { $0["kind"] as? String == "step" }.compactMap { $0["step"] as? Int }
+        #expect(steps == Array(1...64), "every step once, none lost")
+        let list = json(curl(["\(base)/v1/jobs?state=succeeded"]))["jobs"] as? [Any]
+        #expect(list?.count == 1)
+        daemon.terminate()
+        daemon.waitUntilExit()
+        #expect(daemon.terminationStatus == 0)
+    }
+}
