@@ -208,6 +208,15 @@ public final class Scheduler: @unchecked Sendable {
             let trainer = Trainer(spec: s, train: train, eval: eval, outDirectory: dir, workers: 1) { [self] event in
                 handle(event, job: id, pending: &pending, lastFlush: &lastFlush, log: log)
             }
+            // After a crash the newest checkpoint may be on disk but not yet in the table: sync.
+            trainer.store.removeLeftovers()
+            let known = Set(((try? store.checkpoints(id)) ?? []).map(\.name))
+            for e in trainer.store.list() where !known.contains(e.url.lastPathComponent) {
+                guard let sha = Checkpoint.recordedDigest(of: e.url) else { continue }
+                let bytes = ((try? FileManager.default.attributesOfItem(atPath: e.url.path))?[.size] as? NSNumber)?.int64Value ?? 0
+                try? store.recordCheckpoint(CheckpointRecord(jobId: id, name: e.url.lastPathComponent, epoch: e.epoch, step: e.step,
+                                                             bytes: bytes, sha256: sha, createdAt: Date(), knnTop1: e.knnTop1))
+            }
             // Resume from the newest checkpoint whose digest matches (a corrupt one is skipped).
             let resume = trainer.store.latestValid()?.url
             if let resume { log.info("resuming", metadata: ["checkpoint": "\(resume.lastPathComponent)"]) }
@@ -250,10 +259,12 @@ public final class Scheduler: @unchecked Sendable {
                 lastFlush = Date()
             }
             publish(id, JobStreamEvent(name: p.kind == "eval" ? "eval" : "metric", json: json))
-        case .checkpointed(let url, let sha):
-            // Everything up to a checkpoint is durable: after a crash, training resumes there.
+        case .checkpointing:
+            // Everything up to a checkpoint is made durable before it exists: after a crash,
+            // training resumes there, and no metric point before it may be missing.
             flush(id, &pending)
             lastFlush = Date()
+        case .checkpointed(let url, let sha):
             let header = try? SafeTensorsFile.readHeader(from: url)
             let bytes = ((try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber)?.int64Value ?? 0
             let record = CheckpointRecord(jobId: id, name: url.lastPathComponent, epoch: Int(header?.metadata["epoch"] ?? "") ?? 0,

@@ -34,6 +34,9 @@ public enum TrainingEvent: Sendable {
     case started(totalSteps: Int, startStep: Int, warnings: [String])
     case step(MetricPoint)
     case evaluated(MetricPoint)
+    /// About to write a checkpoint at `step`: whatever the listener keeps about the steps so far
+    /// should be made durable now (a crash after the write resumes from it).
+    case checkpointing(step: Int)
     case checkpointed(URL, sha256: String)
     case message(String)
 }
@@ -121,6 +124,7 @@ public final class Trainer {
         var lastCheckpointStep = -1
 
         func checkpoint(epoch: Int, knn: Double?) throws {
+            emit(.checkpointing(step: step))
             let info = CheckpointInfo(step: step, epoch: epoch, knnTop1: knn, spec: spec, created: Date())
             let url = store.directory.appendingPathComponent(Checkpoint.fileName(epoch: epoch, step: step))
             let digest = try Checkpoint.write(Checkpoint.encode(model: model, optimizer: opt, info: info, rng: shuffleRNG), to: url)

@@ -155,7 +155,7 @@ final class Progress: @unchecked Sendable {
                 lastLine = Date()
                 log(line)
             }
-        case .evaluated: break
+        case .evaluated, .checkpointing: break
         case .checkpointed(let url, let sha):
             log("checkpoint \(url.lastPathComponent) sha256 \(sha.prefix(16))…")
         case .message(let m): log(m)
