@@ -153,7 +153,7 @@ public final class API: Sendable {
             let limit = Int(q["limit"] ?? "50") ?? -1
             guard limit >= 1 && limit <= 500 else { throw JobError(.invalid, "limit must be between 1 and 500") }
             var cursor: Int64?
-            if let c = q["cursor"] { guard let v = Int64(c) else { throw JobError(.invalid, "invalid cursor") }; cursor = v }
+            if let c = q["cursor"], !c.isEmpty { guard let v = Int64(c) else { throw JobError(.invalid, "invalid cursor") }; cursor = v }
             let jobs = try store.jobs(state: state, limit: limit, before: cursor)
             let next = jobs.count == limit ? jobs.last?.seq.map(String.init) : nil
             return .json(JobList(jobs: jobs.map(view), next_cursor: next))

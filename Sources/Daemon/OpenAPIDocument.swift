@@ -70,6 +70,7 @@ components:
         eval:
           type: [object, 'null']
           additionalProperties: false
+          required: [path]
           properties:
             format: {type: string, enum: [idx, cifar10, cifar100, folder, npy]}
             path: {type: string, minLength: 1}
@@ -179,7 +180,7 @@ paths:
     get:
       summary: This document.
       responses:
-        '200': {description: The OpenAPI document., content: {application/yaml: {schema: {type: string}}}}
+        '200': {description: The OpenAPI document (YAML)., content: {application/yaml: {}}}
         '401': {$ref: '#/components/responses/Error'}
   /v1/info:
     get:
@@ -236,7 +237,7 @@ paths:
       parameters:
         - {name: state, in: query, schema: {type: string, enum: [queued, running, paused, succeeded, failed, cancelled]}}
         - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500}}
-        - {name: cursor, in: query, schema: {type: string}}
+        - {name: cursor, in: query, schema: {type: string}, description: next_cursor of the previous page; empty means the first page.}
       responses:
         '200':
           description: A page of jobs.
