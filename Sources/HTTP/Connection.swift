@@ -76,6 +76,7 @@ final class Connection: @unchecked Sendable {
     // MARK: - Reading
 
     private func readable() {
+        Priority.lowerCurrentThread()
         guard !closed else { return }
         let n = readBuffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if n == 0 {
@@ -400,5 +401,23 @@ extension HTTPHeaders {
         var out = h
         for (n, v) in extra { out.add(n, v) }
         return out
+    }
+}
+
+/// Keeps HTTP work from competing with training: each Dispatch worker thread that serves a
+/// connection is given a lower scheduling priority (nice 10) the first time it does. Training
+/// runs on its own threads (and OpenMP's), never on Dispatch's, so only the API slows under load.
+enum Priority {
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        return k
+    }()
+
+    static func lowerCurrentThread() {
+        guard pthread_getspecific(key) == nil else { return }
+        // On Linux, PRIO_PROCESS with id 0 sets the nice value of the calling thread only.
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 10)
+        pthread_setspecific(key, UnsafeRawPointer(bitPattern: 1))
     }
 }

@@ -1,5 +1,4 @@
 import COpenBLAS
-import Dispatch
 
 /// GEMM through OpenBLAS, row-major.
 public enum GEMM {
@@ -12,27 +11,14 @@ public enum GEMM {
     }
 }
 
-/// Elementwise loops over raw float buffers, split across cores for large counts.
-///
-/// The compiler vectorizes each loop body; splitting matters because a single core cannot saturate
-/// memory bandwidth on the parameter-sized (tens of MB) updates of SGD and the momentum encoder.
+/// Elementwise loops over raw float buffers (the compiler vectorizes each loop body).
 public enum Vector {
-    /// Element count below which splitting across threads costs more than it saves.
-    static let parallelThreshold = 1 << 16
-
-    /// Calls `body` on disjoint index ranges covering `0..<count`.
+    /// Calls `body` over `0..<count`. Deliberately on the calling (compute) thread: Dispatch's
+    /// worker threads belong to the HTTP side, which runs them at a lower priority so that
+    /// API traffic cannot slow training; these loops are memory-bound and a small share of a step.
     @inline(__always)
     public static func forEachChunk(_ count: Int, _ body: (Range<Int>) -> Void) {
-        let workers = count >= parallelThreshold ? max(1, min(Runtime.maxThreads, 8)) : 1
-        if workers == 1 { body(0..<count); return }
-        let chunk = (count + workers - 1) / workers
-        withoutActuallyEscaping(body) { body in
-            let box = UncheckedBox(body)
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
-                let lo = w * chunk, hi = min(count, lo + chunk)
-                if lo < hi { box.value(lo..<hi) }
-            }
-        }
+        body(0..<count)
     }
 
     /// `dst[i] += src[i]`
@@ -84,10 +70,3 @@ public enum Vector {
     }
 }
 
-/// Lets a non-escaping closure cross into `concurrentPerform`, which runs it before returning.
-struct UncheckedBox<T>: @unchecked Sendable {
-    /// Safe: `concurrentPerform` returns only after every iteration finished, and each iteration
-    /// writes a disjoint range.
-    let value: T
-    init(_ v: T) { value = v }
-}
