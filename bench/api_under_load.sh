@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 swift build -c release --product mocod >/dev/null
 data=$(mktemp -d)
 port=${PORT:-18282}
-.build/release/mocod --port "$port" --data-dir "$data" --log-level warning > "$data/log" 2>&1 &
+env ${MOCOD_ENV:-} .build/release/mocod --port "$port" --data-dir "$data" --log-level warning > "$data/log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 base="http://127.0.0.1:$port"
@@ -26,15 +26,17 @@ print("%.1f %d" % (statistics.median(p["images_per_second"] for p in pts), len(p
 }
 sleep 15
 t0=$(date +%s.%N); sleep 15; t1=$(date +%s.%N)
-# wrk stands in for clients on other machines: on a 2-core box it would otherwise take a core
-# from training itself. WRK_NICE=0 runs it at normal priority.
+# wrk stands in for clients on other machines: on a 2-core box it would otherwise take CPU from
+# training itself, so it runs in the idle scheduling class (WRK_IDLE=0: at normal priority).
 # DELAY_MS > 0 paces each connection (wrk's Lua delay()) to model polling clients rather than a flood.
 script=()
 if [ "${DELAY_MS:-0}" -gt 0 ]; then
   printf 'function delay() return %d end\n' "$DELAY_MS" > "$data/pace.lua"
   script=(-s "$data/pace.lua")
 fi
-nice -n "${WRK_NICE:-19}" wrk -t1 -c"${CONNECTIONS:-32}" -d15s --latency "${script[@]}" "$base/v1/jobs/$id" > "$data/wrk.txt"
+runner=(chrt --idle 0)
+[ "${WRK_IDLE:-1}" = 0 ] && runner=()
+"${runner[@]}" wrk -t1 -c"${CONNECTIONS:-32}" -d15s --latency "${script[@]}" "$base/v1/jobs/$id" > "$data/wrk.txt"
 t2=$(date +%s.%N); sleep 15; t3=$(date +%s.%N)
 sleep 2
 before=$(rate "$t0" "$t1"); during=$(rate "$t1" "$t2"); after=$(rate "$t2" "$t3")

@@ -68,13 +68,13 @@ public final class API: Sendable {
         r.add("GET", "/metrics") { [self] _ in prometheus() }
         r.add("POST", "/v1/jobs") { [self] in submit($0) }
         r.add("GET", "/v1/jobs") { [self] in list($0) }
-        r.add("GET", "/v1/jobs/{id}") { [self] in withJob($0) { .json(self.view($0)) } }
+        r.add("GET", "/v1/jobs/{id}") { [self] in withJob($0) { self.jobResponse($0) } }
         r.add("DELETE", "/v1/jobs/{id}") { [self] req in
             mapError { try scheduler.delete(req.pathParameters["id"]!); return HTTPResponse(status: .noContent) }
         }
-        r.add("POST", "/v1/jobs/{id}/cancel") { [self] req in mapError { .json(view(try scheduler.cancel(req.pathParameters["id"]!)), status: .accepted) } }
-        r.add("POST", "/v1/jobs/{id}/pause") { [self] req in mapError { .json(view(try scheduler.pause(req.pathParameters["id"]!)), status: .accepted) } }
-        r.add("POST", "/v1/jobs/{id}/resume") { [self] req in mapError { .json(view(try scheduler.resume(req.pathParameters["id"]!)), status: .accepted) } }
+        r.add("POST", "/v1/jobs/{id}/cancel") { [self] req in mapError { jobResponse(try scheduler.cancel(req.pathParameters["id"]!), status: .accepted) } }
+        r.add("POST", "/v1/jobs/{id}/pause") { [self] req in mapError { jobResponse(try scheduler.pause(req.pathParameters["id"]!), status: .accepted) } }
+        r.add("POST", "/v1/jobs/{id}/resume") { [self] req in mapError { jobResponse(try scheduler.resume(req.pathParameters["id"]!), status: .accepted) } }
         r.add("GET", "/v1/jobs/{id}/metrics") { [self] req in withJob(req) { try metrics($0, req) } }
         r.add("GET", "/v1/jobs/{id}/events") { [self] req in withJob(req) { events($0) } }
         r.add("GET", "/v1/jobs/{id}/loss.svg") { [self] req in withJob(req) { try lossSVG($0) } }
@@ -138,7 +138,7 @@ public final class API: Sendable {
             if let key, key.isEmpty || key.count > 200 { throw JobError(.invalid, "Idempotency-Key must be 1 to 200 characters") }
             let priority = Int(req.query["priority"] ?? "0") ?? 0
             let (job, created) = try scheduler.submit(body, idempotencyKey: key, priority: priority)
-            return .json(view(job), status: created ? .created : .ok, headers: HTTPHeaders([("Location", "/v1/jobs/\(job.id)")]))
+            return jobResponse(job, status: created ? .created : .ok, headers: HTTPHeaders([("Location", "/v1/jobs/\(job.id)")]))
         }
     }
 
@@ -156,11 +156,13 @@ public final class API: Sendable {
             if let c = q["cursor"], !c.isEmpty { guard let v = Int64(c) else { throw JobError(.invalid, "invalid cursor") }; cursor = v }
             let jobs = try store.jobs(state: state, limit: limit, before: cursor)
             let next = jobs.count == limit ? jobs.last?.seq.map(String.init) : nil
-            return .json(JobList(jobs: jobs.map(view), next_cursor: next))
+            var body = Array(#"{"jobs":["#.utf8)
+            for (i, j) in jobs.enumerated() { if i > 0 { body.append(0x2c) }; body += jobJSON(j) }
+            body += Array(#"],"next_cursor":"#.utf8) + Array((next.map { "\"\($0)\"" } ?? "null").utf8) + Array("}\n".utf8)
+            return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]), body: .bytes(body))
         }
     }
 
-    struct JobList: Encodable { var jobs: [JobView]; var next_cursor: String? }
 
     struct JobView: Encodable {
         struct Progress: Encodable { var epoch: Int; var step: Int; var total_steps: Int; var images_per_second: Double?; var eta_seconds: Double? }
@@ -170,7 +172,24 @@ public final class API: Sendable {
         var progress: Progress
         var last_loss: Double?, best_knn_top1: Double?
         var links: [String: String]
-        var spec: JSONValue
+    }
+
+    /// A job as JSON: the view's fields plus the stored canonical spec spliced in as is (it is
+    /// already JSON), so a poll does not parse and re-encode the spec.
+    func jobJSON(_ j: JobRecord) -> [UInt8] {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        enc.dateEncodingStrategy = .iso8601
+        var bytes = Array((try? enc.encode(view(j))) ?? Data("{}".utf8))
+        bytes.removeLast()   // the closing brace
+        bytes += Array(#","spec":"#.utf8) + Array(j.spec.utf8) + [0x7d]
+        return bytes
+    }
+
+    func jobResponse(_ j: JobRecord, status: HTTPStatus = .ok, headers: HTTPHeaders = HTTPHeaders()) -> HTTPResponse {
+        var h = headers
+        h.set("Content-Type", "application/json")
+        return HTTPResponse(status: status, headers: h, body: .bytes(jobJSON(j) + [0x0a]))
     }
 
     func view(_ j: JobRecord) -> JobView {
@@ -180,8 +199,7 @@ public final class API: Sendable {
                        progress: .init(epoch: j.epoch, step: j.step, total_steps: j.totalSteps, images_per_second: j.imagesPerSecond, eta_seconds: j.etaSeconds),
                        last_loss: j.lastLoss, best_knn_top1: j.bestKnn,
                        links: ["self": base, "metrics": base + "/metrics", "events": base + "/events", "checkpoints": base + "/checkpoints",
-                               "loss_svg": base + "/loss.svg", "logs": base + "/logs"],
-                       spec: JSONValue(text: j.spec))
+                               "loss_svg": base + "/loss.svg", "logs": base + "/logs"])
     }
 
     // MARK: - Metrics, events, SVG
@@ -342,35 +360,6 @@ func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     var diff = UInt8(a.count == b.count ? 0 : 1)
     for i in 0..<max(a.count, b.count) { diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0) }
     return diff == 0
-}
-
-/// Pre-encoded JSON embedded as is.
-struct JSONValue: Encodable {
-    let text: String
-    func encode(to encoder: Encoder) throws {
-        let obj = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) ?? [:]
-        var c = encoder.singleValueContainer()
-        try c.encode(AnyJSON(obj))
-    }
-}
-
-struct AnyJSON: Encodable {
-    let v: Any
-    init(_ v: Any) { self.v = v }
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch v {
-        case let d as [String: Any]: try c.encode(d.mapValues(AnyJSON.init))
-        case let a as [Any]: try c.encode(a.map(AnyJSON.init))
-        case let s as String: try c.encode(s)
-        case let n as NSNumber:
-            if String(cString: n.objCType) == "c" { try c.encode(n.boolValue) }
-            else if n.doubleValue == n.doubleValue.rounded() && abs(n.doubleValue) < 1e15 { try c.encode(n.int64Value) }
-            else { try c.encode(n.doubleValue) }
-        case is NSNull: try c.encodeNil()
-        default: try c.encodeNil()
-        }
-    }
 }
 
 /// A blocking queue between the scheduler's publisher and one SSE stream.

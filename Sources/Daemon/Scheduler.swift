@@ -34,7 +34,9 @@ public final class Scheduler: @unchecked Sendable {
     public let settings: DaemonSettings
     let logger: Logger
     private let lock = NSLock()
-    private var running: [String: Thread] = [:]
+    private var running: [String: Bool] = [:]
+    /// Creates the training threads, so they inherit its normal priority (see `run`).
+    private let launcher = Launcher()
     private var stopRequests: [String: JobEvent] = [:]
     private var subscribers: [String: [UUID: @Sendable (JobStreamEvent) -> Void]] = [:]
     private var accepting = true
@@ -157,11 +159,7 @@ public final class Scheduler: @unchecked Sendable {
         while accepting && running.count < settings.maxRunning {
             guard let next = try? store.nextQueued(), let job = try? store.apply(.start, to: next.id, reason: "scheduled") else { break }
             started.append(job)
-            let thread = Thread { [self] in run(job) }
-            thread.name = "mocod-train"
-            thread.stackSize = 8 << 20
-            running[job.id] = thread
-            thread.start()
+            running[job.id] = launcher.start(name: "mocod-train") { [self] in run(job) }
         }
         lock.unlock()
         // Published outside the lock: subscribers' handlers may call back into the scheduler.
@@ -192,6 +190,12 @@ public final class Scheduler: @unchecked Sendable {
     // MARK: - Running one job (on its own thread)
 
     private func run(_ job: JobRecord) {
+        // New threads inherit their creator's scheduling class and nice value. Job threads are
+        // started by the launcher thread (normal priority), never by an HTTP thread (which runs
+        // at a lower priority); this also puts back the normal class should one slip through.
+        var param = sched_param()
+        param.sched_priority = 0
+        _ = pthread_setschedparam(pthread_self(), 0 /* SCHED_OTHER */, &param)
         let id = job.id
         var log = logger
         log[metadataKey: "job.id"] = "\(id)"
@@ -334,5 +338,42 @@ public final class Scheduler: @unchecked Sendable {
         let r = reason.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: " ")
         publish(j.id, JobStreamEvent(name: "state", json: #"{"state":"\#(j.state.rawValue)","reason":"\#(r)"}"#))
         if j.state == .running { appendLog(j.id, "state: running (\(reason))") }
+    }
+}
+
+/// A normal-priority thread whose only work is to create other threads: threads inherit the
+/// scheduling class and nice value of their creator, and HTTP handlers run at a lower priority.
+final class Launcher: @unchecked Sendable {
+    /// Safe to share: `pending` is guarded by `cond`.
+    private let cond = NSCondition()
+    private var pending: [(String, @Sendable () -> Void)] = []
+
+    init() {
+        let t = Thread { [self] in loop() }
+        t.name = "mocod-launcher"
+        t.start()
+    }
+
+    private func loop() {
+        while true {
+            cond.lock()
+            while pending.isEmpty { cond.wait() }
+            let (name, body) = pending.removeFirst()
+            cond.unlock()
+            let t = Thread { body() }
+            t.name = name
+            t.stackSize = 8 << 20
+            t.start()
+        }
+    }
+
+    /// Starts `body` on a new thread created by the launcher; returns at once.
+    @discardableResult
+    func start(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
+        cond.lock()
+        pending.append((name, body))
+        cond.signal()
+        cond.unlock()
+        return true
     }
 }

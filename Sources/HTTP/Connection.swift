@@ -405,9 +405,12 @@ extension HTTPHeaders {
 }
 
 /// Keeps HTTP work from competing with training: each Dispatch worker thread that serves a
-/// connection is given a lower scheduling priority (nice 10) the first time it does. Training
+/// connection is given a lower scheduling priority (`nice`) the first time it does. Training
 /// runs on its own threads (and OpenMP's), never on Dispatch's, so only the API slows under load.
 enum Priority {
+    /// The nice value of HTTP threads.
+    static let nice: Int32 = 10
+
     private static let key: pthread_key_t = {
         var k = pthread_key_t()
         pthread_key_create(&k, nil)
@@ -417,7 +420,7 @@ enum Priority {
     static func lowerCurrentThread() {
         guard pthread_getspecific(key) == nil else { return }
         // On Linux, PRIO_PROCESS with id 0 sets the nice value of the calling thread only.
-        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 10)
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Priority.nice)
         pthread_setspecific(key, UnsafeRawPointer(bitPattern: 1))
     }
 }
