@@ -3,11 +3,13 @@ import Foundation
 import HTTP
 import Jobs
 import Logging
+import Synchronization
 import Testing
 
 /// A daemon (scheduler + API + server) on port 0 with a temporary data directory and a tiny
 /// NPY dataset under its own data root.
-final class LiveDaemon {
+/// Safe to share across the test's threads: every stored property is immutable after init.
+final class LiveDaemon: @unchecked Sendable {
     let dir: URL
     let server: HTTPServer
     let scheduler: Scheduler
@@ -161,6 +163,48 @@ final class LiveDaemon {
         #expect(d.request("DELETE", "/v1/jobs/\(id)").status == 204)
         #expect(d.request("GET", "/v1/jobs/\(id)").status == 404)
         #expect(!FileManager.default.fileExists(atPath: d.dir.appendingPathComponent("jobs/\(id)").path))
+    }
+
+    /// Pause a running job (it checkpoints and frees the slot), resume it (it continues from that
+    /// checkpoint), and follow it live over Server-Sent Events.
+    @Test func pauseResumeAndLiveEvents() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let long = LiveDaemon.spec.replacingOccurrences(of: "\"epochs\": 2", with: "\"epochs\": 40")
+            .replacingOccurrences(of: "\"every_steps\": 2", with: "\"every_steps\": 1000")
+        let id = try #require(d.request("POST", "/v1/jobs", body: long).json["id"] as? String)
+        // Live events while it trains: the stream is read on another thread.
+        let received = Mutex<String>("")
+        let reader = Thread {
+            let r = d.request("GET", "/v1/jobs/\(id)/events")
+            received.withLock { $0 = String(decoding: r.body, as: UTF8.self) }
+        }
+        reader.start()
+        var job = d.waitFor(id, ["running"])
+        let deadline = Date().addingTimeInterval(30)
+        while ((job["progress"] as? [String: Any])?["step"] as? Int ?? 0) < 3 && Date() < deadline {
+            usleep(50_000)
+            job = d.request("GET", "/v1/jobs/\(id)").json
+        }
+        #expect(d.request("POST", "/v1/jobs/\(id)/pause").status == 202)
+        let paused = d.waitFor(id, ["paused"])
+        #expect(paused["state"] as? String == "paused")
+        let stepAtPause = (paused["progress"] as? [String: Any])?["step"] as? Int ?? -1
+        let checkpoints = d.request("GET", "/v1/jobs/\(id)/checkpoints").json["checkpoints"] as? [[String: Any]] ?? []
+        #expect(checkpoints.last?["step"] as? Int == stepAtPause, "pausing writes a checkpoint at the step reached")
+        #expect(d.scheduler.runningCount == 0)   // the slot is free
+        #expect(d.request("POST", "/v1/jobs/\(id)/resume").status == 202)
+        _ = d.waitFor(id, ["running"])
+        #expect(d.request("POST", "/v1/jobs/\(id)/cancel").status == 202)
+        let cancelled = d.waitFor(id, ["cancelled"])
+        #expect(cancelled["state"] as? String == "cancelled")
+        let log = String(decoding: d.request("GET", "/v1/jobs/\(id)/logs").body, as: UTF8.self)
+        #expect(log.contains("resumed from ckpt-"), "\(log)")
+        let waitEvents = Date().addingTimeInterval(10)
+        while received.withLock({ $0.isEmpty }) && Date() < waitEvents { usleep(50_000) }
+        let events = received.withLock { $0 }
+        #expect(events.contains("event: metric") && events.contains("event: checkpoint"))
+        #expect(events.contains("\"state\":\"paused\"") && events.contains("\"state\":\"cancelled\""))
     }
 
     @Test func validationIdempotencyAndListing() throws {
