@@ -127,15 +127,24 @@ public enum Readers {
 
     /// Writes a float32 C-order NPY file of `shape` (what `moco embed` produces).
     public static func writeNPY(_ values: [Float], shape: [Int], to url: URL) throws {
+        try writeNPY(descr: "<f4", shape: shape, data: values.withUnsafeBytes { Data($0) }, to: url)
+    }
+
+    /// Writes a uint8 C-order NPY file of `shape` (an image dataset `npy` reads).
+    public static func writeNPY(_ values: [UInt8], shape: [Int], to url: URL) throws {
+        try writeNPY(descr: "|u1", shape: shape, data: Data(values), to: url)
+    }
+
+    static func writeNPY(descr: String, shape: [Int], data: Data, to url: URL) throws {
         let shapeText = shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
-        var header = "{'descr': '<f4', 'fortran_order': False, 'shape': \(shapeText), }"
+        var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shapeText), }"
         while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
         header += "\n"
         var d = Data([0x93] + Array("NUMPY".utf8) + [1, 0])
         let n = UInt16(header.utf8.count)
         d.append(contentsOf: [UInt8(n & 0xff), UInt8(n >> 8)])
         d.append(contentsOf: Array(header.utf8))
-        values.withUnsafeBytes { d.append(contentsOf: $0) }
+        d.append(data)
         try d.write(to: url, options: .atomic)
     }
 

@@ -1,4 +1,5 @@
 import Daemon
+import Data
 import Foundation
 import HTTP
 import Jobs
@@ -29,18 +30,10 @@ final class LiveDaemon: @unchecked Sendable {
         try server.start()
     }
 
+    /// `count` gray 8x8 images as a uint8 (N, H, W) NPY file.
     static func writeImages(to url: URL, count: Int) throws {
-        var header = "{'descr': '|u1', 'fortran_order': False, 'shape': (\(count), 8, 8), }"
-        while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
-        header += "\n"
-        let length = header.utf8.count
-        var bytes: [UInt8] = [0x93]
-        bytes += Array("NUMPY".utf8)
-        bytes += [1, 0, UInt8(length & 0xff), UInt8(length >> 8)]
-        bytes += Array(header.utf8)
         let pixels: [UInt8] = (0..<(count * 64)).map { (i: Int) -> UInt8 in UInt8((i * 37 + (i / 64) * 11) % 256) }
-        bytes += pixels
-        try Data(bytes).write(to: url)
+        try Readers.writeNPY(pixels, shape: [count, 8, 8], to: url)
     }
 
     func stop() {

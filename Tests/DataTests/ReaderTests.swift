@@ -63,7 +63,7 @@ import Testing
     @Test func npyWriterRoundTrip() throws {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("w-\(UUID()).npy")
         defer { try? FileManager.default.removeItem(at: url) }
-        try Readers.writeNPY([1, 2, 3, 4, 5, 6], shape: [2, 3], to: url)
+        try Readers.writeNPY([1, 2, 3, 4, 5, 6] as [Float], shape: [2, 3], to: url)
         let d = try Data(contentsOf: url)
         #expect(d.count % 64 == 24 % 64 || (d.count - 24) % 64 == 0)   // 64-byte aligned header + 24 data bytes
         let header = String(decoding: d.prefix(d.count - 24), as: UTF8.self)
@@ -115,5 +115,17 @@ import Testing
         #expect(ds.labels == [0, 0, 0, 1, 1, 1] && ds.classNames == ["cat", "dog"])
         expectError("not a folder", containing: "not a directory") { _ = try Readers.imageFolder("\(Self.dir)/tiny.npy", size: 6) }
         expectError("corrupt member") { _ = try Readers.imageFolder("\(Self.dir)/corrupt", size: 6) }
+    }
+}
+
+@Suite struct NPYWriterTests {
+    /// A uint8 array written by `writeNPY` reads back as the same images.
+    @Test func uint8RoundTrip() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("u8-\(UUID()).npy")
+        defer { try? FileManager.default.removeItem(at: url) }
+        let pixels = (0..<(3 * 4 * 5)).map { UInt8($0 * 3 % 256) }
+        try Readers.writeNPY(pixels, shape: [3, 4, 5], to: url)
+        let ds = try Readers.npy(url.path)
+        #expect(ds.count == 3 && ds.height == 4 && ds.width == 5 && ds.channels == 1 && ds.pixels == pixels)
     }
 }

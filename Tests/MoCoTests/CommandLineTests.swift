@@ -21,20 +21,10 @@ import Testing
         return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     }
 
-    /// 48 gray 8x8 images in (N, H, W) uint8 NPY form.
+    /// Gray 8x8 images in (N, H, W) uint8 NPY form.
     func writeImages(to url: URL, count: Int) throws {
-        var header = "{'descr': '|u1', 'fortran_order': False, 'shape': (\(count), 8, 8), }"
-        while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
-        header += "\n"
-        let length = header.utf8.count
-        var prefix: [UInt8] = [0x93]
-        prefix += Array("NUMPY".utf8)
-        prefix += [1, 0, UInt8(length & 0xff), UInt8(length >> 8)]
-        var d = Data(prefix)
-        d.append(Data(header.utf8))
         let pixels: [UInt8] = (0..<(count * 64)).map { (i: Int) -> UInt8 in UInt8((i * 37 + (i / 64) * 11) % 256) }
-        d.append(Data(pixels))
-        try d.write(to: url)
+        try Readers.writeNPY(pixels, shape: [count, 8, 8], to: url)
     }
 
     @Test func trainExportEmbed() throws {
