@@ -48,7 +48,7 @@ from PIL import Image, ImageFilter
 from torchvision import transforms
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_step import make_resnet_arch  # noqa: E402
+from torch_step import SplitBatchNorm, make_resnet_arch  # noqa: E402
 
 
 # ----------------------------------------------------------------------------
@@ -193,31 +193,6 @@ def to_normalized_tensor(images, mean, std):
 # ----------------------------------------------------------------------------
 # Model: SplitBatchNorm + ResNet + MoCo v2 head (MoCo CIFAR demo / builder.py)
 # ----------------------------------------------------------------------------
-
-class SplitBatchNorm(nn.BatchNorm2d):
-    """From the MoCo CIFAR-10 demo: simulates multi-GPU BN on one device."""
-
-    def __init__(self, num_features, num_splits, **kw):
-        super().__init__(num_features, **kw)
-        self.num_splits = num_splits
-
-    def forward(self, input):
-        N, C, H, W = input.shape
-        if self.training or not self.track_running_stats:
-            running_mean_split = self.running_mean.repeat(self.num_splits)
-            running_var_split = self.running_var.repeat(self.num_splits)
-            outcome = nn.functional.batch_norm(
-                input.view(-1, C * self.num_splits, H, W), running_mean_split, running_var_split,
-                self.weight.repeat(self.num_splits), self.bias.repeat(self.num_splits),
-                True, self.momentum, self.eps).view(N, C, H, W)
-            self.running_mean.data.copy_(running_mean_split.view(self.num_splits, C).mean(dim=0))
-            self.running_var.data.copy_(running_var_split.view(self.num_splits, C).mean(dim=0))
-            return outcome
-        else:
-            return nn.functional.batch_norm(
-                input, self.running_mean, self.running_var,
-                self.weight, self.bias, False, self.momentum, self.eps)
-
 
 def use_split_bn(module, num_splits):
     """Replace every nn.BatchNorm2d in `module` by SplitBatchNorm (same params/buffers)."""

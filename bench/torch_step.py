@@ -82,6 +82,31 @@ class _WidthResNet(ResNet):
                 nn.init.constant_(m.bias, 0)
 
 
+class SplitBatchNorm(nn.BatchNorm2d):
+    """Exactly the MoCo CIFAR-10 demo's SplitBatchNorm: simulates multi-GPU BN on one device."""
+
+    def __init__(self, num_features, num_splits, **kw):
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, input):
+        N, C, H, W = input.shape
+        if self.training or not self.track_running_stats:
+            running_mean_split = self.running_mean.repeat(self.num_splits)
+            running_var_split = self.running_var.repeat(self.num_splits)
+            outcome = nn.functional.batch_norm(
+                input.view(-1, C * self.num_splits, H, W), running_mean_split, running_var_split,
+                self.weight.repeat(self.num_splits), self.bias.repeat(self.num_splits),
+                True, self.momentum, self.eps).view(N, C, H, W)
+            self.running_mean.data.copy_(running_mean_split.view(self.num_splits, C).mean(dim=0))
+            self.running_var.data.copy_(running_var_split.view(self.num_splits, C).mean(dim=0))
+            return outcome
+        else:
+            return nn.functional.batch_norm(
+                input, self.running_mean, self.running_var,
+                self.weight, self.bias, False, self.momentum, self.eps)
+
+
 def make_resnet(block, layers, width=64, in_channels=3, stem="imagenet", num_classes=1000):
     """Build a torchvision-compatible ResNet (same state-dict keys, same init)."""
     if isinstance(block, str):

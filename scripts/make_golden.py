@@ -30,7 +30,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from torch_step import make_resnet  # noqa: E402  (single source of truth)
+from torch_step import SplitBatchNorm, make_resnet  # noqa: E402  (single source of truth)
 
 GOLDEN = os.path.join(ROOT, "Tests", "Fixtures", "golden")
 TV_DIR = os.path.join(ROOT, "Tests", "Fixtures", "torchvision")
@@ -145,31 +145,6 @@ def make_bn():
          meta("bn1d_train", training=True, **common))
     save("bn_eval.safetensors", bn_case(203, (4, 3, 5, 5), False),
          meta("bn_eval", training=False, momentum=BN_MOMENTUM, eps=BN_EPS))
-
-
-class SplitBatchNorm(nn.BatchNorm2d):
-    """Exactly the MoCo CIFAR-10 demo's SplitBatchNorm."""
-
-    def __init__(self, num_features, num_splits, **kw):
-        super().__init__(num_features, **kw)
-        self.num_splits = num_splits
-
-    def forward(self, input):
-        N, C, H, W = input.shape
-        if self.training or not self.track_running_stats:
-            running_mean_split = self.running_mean.repeat(self.num_splits)
-            running_var_split = self.running_var.repeat(self.num_splits)
-            outcome = nn.functional.batch_norm(
-                input.view(-1, C * self.num_splits, H, W), running_mean_split, running_var_split,
-                self.weight.repeat(self.num_splits), self.bias.repeat(self.num_splits),
-                True, self.momentum, self.eps).view(N, C, H, W)
-            self.running_mean.data.copy_(running_mean_split.view(self.num_splits, C).mean(dim=0))
-            self.running_var.data.copy_(running_var_split.view(self.num_splits, C).mean(dim=0))
-            return outcome
-        else:
-            return nn.functional.batch_norm(
-                input, self.running_mean, self.running_var,
-                self.weight, self.bias, False, self.momentum, self.eps)
 
 
 def make_split_bn():
