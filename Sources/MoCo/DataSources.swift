@@ -10,8 +10,14 @@ public enum DataSources {
     /// no `..`, no absolute path unless `allowAbsolute`, no symlink leading outside.
     public static func resolve(_ relative: String, roots: [String], allowAbsolute: Bool) throws(DataError) -> String {
         if relative.hasPrefix("/") {
-            guard allowAbsolute else { throw DataError(file: relative, "absolute paths are not allowed; give a path relative to a data root") }
-            return relative
+            if allowAbsolute { return relative }
+            // An absolute path is accepted only where it (symlinks resolved) lies inside a root.
+            let real = URL(fileURLWithPath: relative).resolvingSymlinksInPath().path
+            for root in roots {
+                let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
+                if real.hasPrefix(realRoot + "/") && FileManager.default.fileExists(atPath: real) { return real }
+            }
+            throw DataError(file: relative, "absolute paths must lie inside a data root (\(roots.joined(separator: ", ")))")
         }
         guard !relative.split(separator: "/").contains("..") else { throw DataError(file: relative, "'..' is not allowed in dataset paths") }
         for root in roots {

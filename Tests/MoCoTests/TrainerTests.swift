@@ -212,6 +212,9 @@ func losses(_ dir: URL) -> [Double] {
         try FileManager.default.createDirectory(at: root.appendingPathComponent("ok"), withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(at: root.appendingPathComponent("escape"), withDestinationURL: outside)
         #expect(try DataSources.resolve("ok", roots: [root.path], allowAbsolute: false) == root.appendingPathComponent("ok").path)
+        // An absolute path inside the root is fine; outside it is not.
+        let inside = URL(fileURLWithPath: root.appendingPathComponent("ok").path).resolvingSymlinksInPath().path
+        #expect(try DataSources.resolve(root.appendingPathComponent("ok").path, roots: [root.path], allowAbsolute: false) == inside)
         for bad in ["../x", "ok/../../x", "/etc", "escape"] {
             #expect(throws: DataError.self, "\(bad)") { try DataSources.resolve(bad, roots: [root.path], allowAbsolute: false) }
         }
