@@ -25,7 +25,13 @@ final class Connection: @unchecked Sendable {
     private var output: [UInt8] = []
     private var outputOffset = 0
     private var file: (fd: Int32, remaining: Int64)?
+    /// Close once the pending response is written: the response said `Connection: close`, or
+    /// an error or a broken body made the connection unusable. No further request is read.
     private var closeAfterFlush = false
+    /// The client half-closed: answer the complete requests already buffered, then close.
+    private var sawEOF = false
+    /// The read source is suspended (it must be resumed before it is cancelled and released).
+    private var readSuspended = false
     private var closed = false
     private var shuttingDown = false
     /// A response (or stream) is being produced; pipelined requests wait.
@@ -83,12 +89,14 @@ final class Connection: @unchecked Sendable {
             // The client finished sending. A stream has no one left to read it (SSE disconnect);
             // otherwise answer what is complete, then close.
             if streamState != nil { close(); return }
-            if phase == .idle && !busy && output.count == outputOffset { close(); return }
-            closeAfterFlush = true
-            readSource?.suspend()
-            readPausedForEOF = true
-            if !busy { process() }
-            if phase == .head || phase == .body { close() }
+            if phase == .idle && !busy && output.count == outputOffset && parser.bufferedByteCount == 0 { close(); return }
+            sawEOF = true
+            if !readSuspended { readSource?.suspend(); readSuspended = true }
+            if !busy {
+                process()
+                // Nothing is being answered: what remains can never complete.
+                if !busy { close() }
+            }
             return
         }
         if n < 0 {
@@ -107,12 +115,11 @@ final class Connection: @unchecked Sendable {
         if !busy { process() }
     }
 
-    private var readPausedForEOF = false
     private var readBuffer = [UInt8](repeating: 0, count: 65536)
 
     /// Parses and answers buffered requests until more bytes are needed or a response is pending.
     private func process() {
-        while !closed && !busy && !closeAfterFlushPending {
+        while !closed && !busy && !closeAfterFlush {
             let event = parser.next()
             switch event {
             case .needMoreData:
@@ -144,8 +151,6 @@ final class Connection: @unchecked Sendable {
             }
         }
     }
-
-    private var closeAfterFlushPending: Bool { closeAfterFlush && !readPausedForEOF }
 
     private func errorCode(_ s: HTTPStatus) -> String {
         switch s.code {
@@ -197,7 +202,7 @@ final class Connection: @unchecked Sendable {
             return send(fallback, keepAlive: false, isHead: isHead, requestID: requestID)
         }
         enqueue(headBytes)
-        if !keepAlive { closeAfterFlush = true; readPausedForEOF = false }
+        if !keepAlive { closeAfterFlush = true }
         busy = true
         if !noBody {
             switch response.body {
@@ -283,17 +288,17 @@ final class Connection: @unchecked Sendable {
         if busy {
             busy = false
             phase = .idle
-            if closeAfterFlush { close(); return }
-            if shuttingDown { close(); return }
+            if closeAfterFlush || shuttingDown { close(); return }
             if parser.bufferedByteCount > 0 {
                 phase = .head
                 requestStart = Date()
                 arm(configuration.headerTimeout)
                 process()
-            } else {
-                arm(configuration.idleTimeout)
             }
-        } else if closeAfterFlush && !readPausedForEOF {
+            if busy { return }
+            if sawEOF { close(); return }   // every complete request is answered
+            arm(configuration.idleTimeout)
+        } else if closeAfterFlush {
             close()
         }
     }
@@ -358,7 +363,7 @@ final class Connection: @unchecked Sendable {
         writeSource = nil
         if !writeArmed { ws?.resume() }
         ws?.cancel()
-        if readPausedForEOF { rs?.resume() }
+        if readSuspended { rs?.resume() }
         let fd = self.fd
         if let rs {
             rs.setCancelHandler { Glibc.close(fd) }

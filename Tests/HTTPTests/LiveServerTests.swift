@@ -131,6 +131,30 @@ func openFileDescriptors() -> Int { (try? FileManager.default.contentsOfDirector
         #expect(b.isClosedByServer())
     }
 
+    /// A client that half-closes after its requests still gets every answer (and, after a
+    /// `Connection: close` request, no more); the server lives on.
+    @Test func halfClosedClients() throws {
+        let s = try server()
+        defer { s.shutdown() }
+        let a = try RawClient(port: s.port)
+        a.send("GET /items/1 HTTP/1.1\r\nHost: t\r\n\r\nGET /items/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        shutdown(a.fd, Int32(SHUT_WR))
+        #expect(a.responses(2).map { String(decoding: $0.body, as: UTF8.self) } == ["item 1", "item 2"])
+        #expect(a.isClosedByServer())
+        let b = try RawClient(port: s.port)
+        b.send("GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /items/3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        shutdown(b.fd, Int32(SHUT_WR))
+        let r = b.responses(2)
+        #expect(r.count == 1 && r.first?.body == Array("slow".utf8))
+        let c = try RawClient(port: s.port)
+        c.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        shutdown(c.fd, Int32(SHUT_WR))
+        #expect(c.isClosedByServer())   // the body can never complete
+        let d = try RawClient(port: s.port)
+        d.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(d.responses(1).first?.status == 200)
+    }
+
     @Test func errorsGetTheirStatusAndClose() throws {
         let s = try server()
         defer { s.shutdown() }
