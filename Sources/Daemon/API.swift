@@ -279,6 +279,9 @@ public final class API: Sendable {
         }
         let path = scheduler.settings.jobDirectory(j.id).appendingPathComponent("checkpoints/\(c.name)")
         let disposition = HTTPHeaders([("Content-Disposition", "attachment; filename=\"\(c.name)\"")])
+        if let format = req.query["format"], format != "encoder" {
+            throw JobError(.invalid, "format must be encoder (or absent for the full checkpoint)")
+        }
         if req.query["format"] == "encoder" {
             let file = try SafeTensorsFile.read(from: path)
             let info = try Checkpoint.info(of: file)

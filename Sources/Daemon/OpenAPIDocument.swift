@@ -314,7 +314,16 @@ paths:
     get:
       summary: Server-Sent Events (state, metric, eval, checkpoint), live.
       responses:
-        '200': {description: An event stream., content: {text/event-stream: {schema: {type: string}}}}
+        '200':
+          description: 'An event stream: events `state`, `metric`, `eval` and `checkpoint`, each with JSON `data`.'
+          content:
+            text/event-stream:
+              schema:
+                type: object
+                properties:
+                  event: {type: string, enum: [state, metric, eval, checkpoint]}
+                  data: {type: string}
+                  id: {type: string}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/loss.svg:
@@ -351,6 +360,7 @@ paths:
         '304': {description: Not modified.}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
         '416': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/logs:
     parameters: [{$ref: '#/components/parameters/JobId'}]
