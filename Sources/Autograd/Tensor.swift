@@ -103,13 +103,6 @@ public final class Tensor {
         return Tensor(shape: shape, desc: target, buffer: out)
     }
 
-    /// A copy that shares nothing with this tensor and is not part of any graph.
-    public func detachedCopy() -> Tensor {
-        let out = Buffer(byteCount: desc.byteCount)
-        out.pointer.copyMemory(from: buffer.pointer, byteCount: desc.byteCount)
-        return Tensor(shape: shape, desc: desc, buffer: out)
-    }
-
     /// This tensor's values without its history (shares the buffer).
     public func detached() -> Tensor { Tensor(shape: shape, desc: desc, buffer: buffer) }
 

@@ -34,7 +34,7 @@ public final class Scheduler: @unchecked Sendable {
     public let settings: DaemonSettings
     let logger: Logger
     private let lock = NSLock()
-    private var running: [String: Bool] = [:]
+    private var running: Set<String> = []
     /// Creates the training threads, so they inherit its normal priority (see `run`).
     private let launcher = Launcher()
     private var stopRequests: [String: JobEvent] = [:]
@@ -159,7 +159,8 @@ public final class Scheduler: @unchecked Sendable {
         while accepting && running.count < settings.maxRunning {
             guard let next = try? store.nextQueued(), let job = try? store.apply(.start, to: next.id, reason: "scheduled") else { break }
             started.append(job)
-            running[job.id] = launcher.start(name: "mocod-train") { [self] in run(job) }
+            running.insert(job.id)
+            launcher.start(name: "mocod-train") { [self] in run(job) }
         }
         lock.unlock()
         // Published outside the lock: subscribers' handlers may call back into the scheduler.
@@ -179,7 +180,7 @@ public final class Scheduler: @unchecked Sendable {
     public func shutdown(timeout: Double = 120) {
         lock.lock()
         accepting = false
-        for id in running.keys { stopRequests[id] = .interrupt }
+        for id in running { stopRequests[id] = .interrupt }
         lock.unlock()
         let deadline = Date().addingTimeInterval(timeout)
         while runningCount > 0 && Date() < deadline { usleep(50_000) }
@@ -207,7 +208,7 @@ public final class Scheduler: @unchecked Sendable {
             let eval = try s.eval.map { try DataSources.load($0.source, roots: settings.dataRoots, size: s.augment.size, allowAbsolute: false) }
             let dir = settings.jobDirectory(id)
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            var pending: [MetricRecord] = []
+            var pending: [MetricPoint] = []
             var lastFlush = Date()
             let trainer = Trainer(spec: s, train: train, eval: eval, outDirectory: dir, workers: 1) { [self] event in
                 handle(event, job: id, pending: &pending, lastFlush: &lastFlush, log: log)
@@ -233,7 +234,7 @@ public final class Scheduler: @unchecked Sendable {
         }
         lock.lock()
         let requested = stopRequests.removeValue(forKey: id)
-        running.removeValue(forKey: id)
+        running.remove(id)
         lock.unlock()
         let (event, reason): (JobEvent, String) = switch outcome {
         case .success(.finished): (.finish, "finished all epochs")
@@ -247,22 +248,19 @@ public final class Scheduler: @unchecked Sendable {
         schedule()
     }
 
-    private func handle(_ event: TrainingEvent, job id: String, pending: inout [MetricRecord], lastFlush: inout Date, log: Logger) {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
+    private func handle(_ event: TrainingEvent, job id: String, pending: inout [MetricPoint], lastFlush: inout Date, log: Logger) {
         switch event {
         case .started(let total, _, let warnings):
             try? store.updateProgress(id) { $0.totalSteps = total }
             for w in warnings { log.warning("preflight", metadata: ["warning": "\(w)"]) }
         case .step(let p), .evaluated(let p):
-            let json = String(decoding: (try? enc.encode(p)) ?? Data(), as: UTF8.self)
-            pending.append(MetricRecord(jobId: id, step: p.step, kind: p.kind, json: json))
+            pending.append(p)
             lock.lock(); stepsTotal += p.kind == "step" ? 1 : 0; lock.unlock()
             if Date().timeIntervalSince(lastFlush) > 1 || p.kind == "eval" {
                 flush(id, &pending)
                 lastFlush = Date()
             }
-            publish(id, JobStreamEvent(name: p.kind == "eval" ? "eval" : "metric", json: json))
+            publish(id, JobStreamEvent(name: p.kind == "eval" ? "eval" : "metric", json: Self.json(p)))
         case .checkpointing:
             // Everything up to a checkpoint is made durable before it exists: after a crash,
             // training resumes there, and no metric point before it may be missing.
@@ -287,11 +285,11 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// Stores buffered metric points and moves the job's progress to the newest of them.
-    func flush(_ id: String, _ pending: inout [MetricRecord]) {
+    func flush(_ id: String, _ pending: inout [MetricPoint]) {
         guard !pending.isEmpty else { return }
-        try? store.appendMetrics(pending)
-        let points = pending.compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.json.utf8)) }
+        let points = pending
         pending.removeAll()
+        try? store.appendMetrics(points.map { MetricRecord(jobId: id, step: $0.step, kind: $0.kind, json: Self.json($0)) })
         try? store.updateProgress(id) { j in
             for p in points {
                 j.step = max(j.step, p.step)
@@ -302,6 +300,12 @@ public final class Scheduler: @unchecked Sendable {
                 if let k = p.knn_top1 { j.bestKnn = max(j.bestKnn ?? -1, k) }
             }
         }
+    }
+
+    static func json(_ p: MetricPoint) -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? enc.encode(p)) ?? Data("{}".utf8), as: UTF8.self)
     }
 
     /// A job's human-readable log (`jobs/<id>/job.log`).
@@ -368,12 +372,10 @@ final class Launcher: @unchecked Sendable {
     }
 
     /// Starts `body` on a new thread created by the launcher; returns at once.
-    @discardableResult
-    func start(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
+    func start(name: String, _ body: @escaping @Sendable () -> Void) {
         cond.lock()
         pending.append((name, body))
         cond.signal()
         cond.unlock()
-        return true
     }
 }

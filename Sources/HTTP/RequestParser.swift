@@ -63,9 +63,6 @@ public struct RequestParser: Sendable {
     /// Bytes received but not yet parsed (e.g. a pipelined request behind the current one).
     public var bufferedByteCount: Int { buffer.count - offset }
 
-    /// Whether the parser is between requests with nothing buffered.
-    public var isIdle: Bool { state == .requestLine && bufferedByteCount == 0 }
-
     /// Whether a request head has been read and its message is not yet complete.
     public var inMessage: Bool {
         switch state {

@@ -20,13 +20,6 @@ public final class Buffer: @unchecked Sendable {
         self.pointer = BufferPool.take(size)
     }
 
-    /// A pooled buffer filled with zeros.
-    public static func zeroed(byteCount: Int) -> Buffer {
-        let b = Buffer(byteCount: byteCount)
-        b.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: b.byteCount)
-        return b
-    }
-
     public var floats: UnsafeMutablePointer<Float> { pointer.assumingMemoryBound(to: Float.self) }
 
     deinit { BufferPool.give(pointer, byteCount) }
@@ -92,15 +85,4 @@ public enum BufferPool {
     }
 
     public static var stats: Stats { box.m.withLock { $0.stats } }
-
-    /// Returns every pooled block to the system (live buffers are unaffected).
-    public static func trim() {
-        let blocks = box.m.withLock { s -> [Block] in
-            let all = s.free.values.flatMap { $0 }
-            s.free = [:]
-            s.stats.pooledBytes = 0
-            return all
-        }
-        for b in blocks { free(b.pointer) }
-    }
 }

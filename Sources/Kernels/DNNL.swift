@@ -1,23 +1,11 @@
 import CDNNL
 import Synchronization
 
-/// An error from oneDNN (a failed descriptor or execution), carrying the call that failed.
-public struct KernelError: Error, CustomStringConvertible, Sendable {
-    public let call: String
-    public let status: Int32
-    public var description: String { "oneDNN call \(call) failed with status \(status)" }
-}
-
 @inline(__always)
 func check(_ status: dnnl_status_t, _ call: @autoclosure () -> String) {
     if status != dnnl_success {
         fatalError("oneDNN: \(call()) failed with status \(status.rawValue)")
     }
-}
-
-@inline(__always)
-func attempt(_ status: dnnl_status_t, _ call: @autoclosure () -> String) throws(KernelError) {
-    if status != dnnl_success { throw KernelError(call: call(), status: Int32(status.rawValue)) }
 }
 
 // MARK: - Engine and stream
