@@ -109,19 +109,17 @@ public final class Scheduler: @unchecked Sendable {
 
     // MARK: - Control
 
-    public func cancel(_ id: String) throws -> JobRecord {
-        guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
-        if j.state == .running { return try requestStop(id, .cancel) }
-        let r = try store.apply(.cancel, to: id, reason: "cancelled by request")
-        publishState(r, reason: "cancelled by request")
-        return r
-    }
+    public func cancel(_ id: String) throws -> JobRecord { try stop(id, .cancel, reason: "cancelled by request") }
 
-    public func pause(_ id: String) throws -> JobRecord {
+    public func pause(_ id: String) throws -> JobRecord { try stop(id, .pause, reason: "paused by request") }
+
+    /// A running job stops at its next step (after a checkpoint); any other goes through the
+    /// state machine at once.
+    private func stop(_ id: String, _ event: JobEvent, reason: String) throws -> JobRecord {
         guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
-        if j.state == .running { return try requestStop(id, .pause) }
-        let r = try store.apply(.pause, to: id, reason: "paused by request")
-        publishState(r, reason: "paused by request")
+        if j.state == .running { return try requestStop(id, event) }
+        let r = try store.apply(event, to: id, reason: reason)
+        publishState(r, reason: reason)
         return r
     }
 
