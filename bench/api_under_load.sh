@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # API latency while a job trains, and the training slowdown it causes: a Fashion-MNIST job at
 # width 16 runs in mocod; training images/s is read from its metrics before, during and after
-# `wrk -t1 -c32 -d15s` on GET /v1/jobs/{id}.
+# `wrk -t1 -c32 -d15s` on GET /v1/jobs/{id}, run at normal priority on the same cores as the
+# training (so its own CPU counts against training too).
+# MOCOD_ENV="MOCOD_API_CPU_SHARE=0" runs mocod without its API CPU budget; CONNECTIONS sets wrk's -c;
+# DELAY_MS > 0 paces each connection (wrk's Lua delay()) to model polling clients rather than a flood;
+# WRK_IDLE=1 runs wrk in the idle scheduling class (a stand-in for clients on other machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --product mocod >/dev/null
@@ -26,21 +30,18 @@ print("%.1f %d" % (statistics.median(p["images_per_second"] for p in pts), len(p
 }
 sleep 15
 t0=$(date +%s.%N); sleep 15; t1=$(date +%s.%N)
-# wrk stands in for clients on other machines: on a 2-core box it would otherwise take CPU from
-# training itself, so it runs in the idle scheduling class (WRK_IDLE=0: at normal priority).
-# DELAY_MS > 0 paces each connection (wrk's Lua delay()) to model polling clients rather than a flood.
 script=()
 if [ "${DELAY_MS:-0}" -gt 0 ]; then
   printf 'function delay() return %d end\n' "$DELAY_MS" > "$data/pace.lua"
   script=(-s "$data/pace.lua")
 fi
-runner=(chrt --idle 0)
-[ "${WRK_IDLE:-1}" = 0 ] && runner=()
+runner=()
+[ "${WRK_IDLE:-0}" = 1 ] && runner=(chrt --idle 0)
 "${runner[@]}" wrk -t1 -c"${CONNECTIONS:-32}" -d15s --latency "${script[@]}" "$base/v1/jobs/$id" > "$data/wrk.txt"
 t2=$(date +%s.%N); sleep 15; t3=$(date +%s.%N)
 sleep 2
 before=$(rate "$t0" "$t1"); during=$(rate "$t1" "$t2"); after=$(rate "$t2" "$t3")
-grep -E "Requests/sec|99%|50%|requests in" "$data/wrk.txt"
+grep -E "Requests/sec|Socket errors|99%|50%|requests in" "$data/wrk.txt"
 echo "training images/s (median, steps): before $before | during wrk $during | after $after"
 python3 -c '
 import sys

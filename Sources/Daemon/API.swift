@@ -4,7 +4,6 @@ import Jobs
 import Kernels
 import MoCo
 import NN
-import Synchronization
 
 /// The HTTP API of the daemon: routes over the scheduler and the store (see openapi.yaml).
 public final class API: Sendable {
@@ -12,7 +11,19 @@ public final class API: Sendable {
     let token: String?
     let openAPI: String
     public static let version = "0.1.0"
-    let stats = Mutex(HTTPStats())
+    // NSLock, not Synchronization.Mutex: Mutex spins when contended, and an HTTP thread (low
+    // priority, on a busy machine) is often preempted while holding the lock.
+    let stats = Locked(HTTPStats())
+    let jobCache = Locked([String: CachedJob]())
+
+    /// A job as last read from the store, with its JSON; valid while the store's generation is
+    /// unchanged, so polling a training job (its progress is stored about once a second) costs
+    /// neither a database read nor an encoding.
+    struct CachedJob: Sendable {
+        var generation: UInt64
+        var record: JobRecord
+        var json: [UInt8]
+    }
 
     public init(scheduler: Scheduler, token: String?, openAPI: String) {
         self.scheduler = scheduler
@@ -36,7 +47,8 @@ public final class API: Sendable {
             let route: String
             if case .found(_, _, let pattern) = router.match(method: request.method, path: request.path) { route = pattern } else { route = "unmatched" }
             let seconds = Date().timeIntervalSince(start)
-            stats.withLock { $0.record(route: route, method: request.method, status: response.status.code, seconds: seconds) }
+            let sample = HTTPStats.Sample(route: route, method: request.method, status: response.status.code, seconds: seconds)
+            stats.withLock { $0.record(sample) }
             return response
         }
     }
@@ -68,7 +80,12 @@ public final class API: Sendable {
         r.add("GET", "/metrics") { [self] _ in prometheus() }
         r.add("POST", "/v1/jobs") { [self] in submit($0) }
         r.add("GET", "/v1/jobs") { [self] in list($0) }
-        r.add("GET", "/v1/jobs/{id}") { [self] in withJob($0) { self.jobResponse($0) } }
+        r.add("GET", "/v1/jobs/{id}") { [self] req in
+            mapError {
+                guard let c = try cachedJob(req.pathParameters["id"] ?? "") else { throw JobError(.notFound, "no job \(req.pathParameters["id"] ?? "")") }
+                return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]), body: .bytes(c.json))
+            }
+        }
         r.add("DELETE", "/v1/jobs/{id}") { [self] req in
             mapError { try scheduler.delete(req.pathParameters["id"]!); return HTTPResponse(status: .noContent) }
         }
@@ -110,9 +127,22 @@ public final class API: Sendable {
 
     func withJob(_ req: HTTPRequest, _ body: (JobRecord) throws -> HTTPResponse) -> HTTPResponse {
         mapError {
-            guard let j = try store.job(req.pathParameters["id"] ?? "") else { throw JobError(.notFound, "no job \(req.pathParameters["id"] ?? "")") }
-            return try body(j)
+            guard let c = try cachedJob(req.pathParameters["id"] ?? "") else { throw JobError(.notFound, "no job \(req.pathParameters["id"] ?? "")") }
+            return try body(c.record)
         }
+    }
+
+    /// The job from the cache while the store has not been written since, else from the store.
+    func cachedJob(_ id: String) throws -> CachedJob? {
+        let generation = store.generation
+        if let c = jobCache.withLock({ $0[id] }), c.generation == generation { return c }
+        guard let record = try store.job(id) else { return nil }
+        let c = CachedJob(generation: generation, record: record, json: jobJSON(record) + [0x0a])
+        jobCache.withLock { cache in
+            if cache.count >= 1024 { cache.removeAll() }
+            cache[id] = c
+        }
+        return c
     }
 
     // MARK: - Jobs
@@ -322,7 +352,7 @@ public final class API: Sendable {
         out += "mocod_training_steps_total \(scheduler.stepsTotal)\n"
         let ips = ((try? store.jobs(state: .running, limit: 100)) ?? []).compactMap(\.imagesPerSecond).reduce(0, +)
         out += "# HELP mocod_images_per_second Training throughput of running jobs.\n# TYPE mocod_images_per_second gauge\nmocod_images_per_second \(ips)\n"
-        out += stats.withLock { $0.prometheus() }
+        out += stats.withLock { $0 }.prometheus()
         return HTTPResponse(contentType: "text/plain; version=0.0.4", text: out)
     }
 }
@@ -334,14 +364,23 @@ struct HTTPStats: Sendable {
     var histogram: [String: [Int]] = [:]
     var sums: [String: Double] = [:]
 
-    mutating func record(route: String, method: String, status: Int, seconds: Double) {
-        counts["route=\"\(route)\",method=\"\(method)\",status=\"\(status)\"", default: 0] += 1
-        let key = "route=\"\(route)\""
-        var h = histogram[key] ?? Array(repeating: 0, count: Self.buckets.count + 1)
-        for (i, b) in Self.buckets.enumerated() where seconds <= b { h[i] += 1 }
-        h[Self.buckets.count] += 1
-        histogram[key] = h
-        sums[key, default: 0] += seconds
+    /// One request's labels, built before the lock is taken.
+    struct Sample: Sendable {
+        var counter: String, route: String, seconds: Double
+        init(route: String, method: String, status: Int, seconds: Double) {
+            counter = "route=\"\(route)\",method=\"\(method)\",status=\"\(status)\""
+            self.route = "route=\"\(route)\""
+            self.seconds = seconds
+        }
+    }
+
+    mutating func record(_ s: Sample) {
+        counts[s.counter, default: 0] += 1
+        histogram[s.route, default: Array(repeating: 0, count: Self.buckets.count + 1)].withUnsafeMutableBufferPointer { h in
+            for (i, b) in Self.buckets.enumerated() where s.seconds <= b { h[i] += 1 }
+            h[Self.buckets.count] += 1
+        }
+        sums[s.route, default: 0] += s.seconds
     }
 
     func prometheus() -> String {
@@ -355,6 +394,18 @@ struct HTTPStats: Sendable {
             out += "mocod_http_request_duration_seconds_count{\(labels)} \(h[Self.buckets.count])\n"
         }
         return out
+    }
+}
+
+/// A value behind an `NSLock` (a futex that does not spin).
+final class Locked<Value>: @unchecked Sendable {
+    /// Safe to share: `value` is only touched with `lock` held.
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        lock.lock(); defer { lock.unlock() }
+        return try body(&value)
     }
 }
 

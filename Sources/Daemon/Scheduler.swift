@@ -43,10 +43,14 @@ public final class Scheduler: @unchecked Sendable {
     public let started = Date()
     public private(set) var stepsTotal = 0
 
-    public init(store: JobStore, settings: DaemonSettings, logger: Logger) {
+    /// Told the number of running jobs whenever it changes (mocod limits the API's CPU while it is above 0).
+    private let onRunningCountChange: @Sendable (Int) -> Void
+
+    public init(store: JobStore, settings: DaemonSettings, logger: Logger, onRunningCountChange: @escaping @Sendable (Int) -> Void = { _ in }) {
         self.store = store
         self.settings = settings
         self.logger = logger
+        self.onRunningCountChange = onRunningCountChange
     }
 
     // MARK: - Submission
@@ -158,6 +162,7 @@ public final class Scheduler: @unchecked Sendable {
             guard let next = try? store.nextQueued(), let job = try? store.apply(.start, to: next.id, reason: "scheduled") else { break }
             started.append(job)
             running.insert(job.id)
+            onRunningCountChange(running.count)
             launcher.start(name: "mocod-train") { [self] in run(job) }
         }
         lock.unlock()
@@ -233,6 +238,7 @@ public final class Scheduler: @unchecked Sendable {
         lock.lock()
         let requested = stopRequests.removeValue(forKey: id)
         running.remove(id)
+        onRunningCountChange(running.count)
         lock.unlock()
         let (event, reason): (JobEvent, String) = switch outcome {
         case .success(.finished): (.finish, "finished all epochs")

@@ -1,12 +1,14 @@
 import Dispatch
 import Foundation
 import Logging
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// One client connection: a read source, a write source and a timer, all on one serial queue,
-/// around the pure `RequestParser`. Requests are answered in order; while a response is being
+/// One client connection: a read source and a write source on one serial queue, around the pure
+/// `RequestParser`, plus a deadline that the server's sweeper checks (one timer for all
+/// connections: a Dispatch timer per request would cost more than serving a small request). Requests are answered in order; while a response is being
 /// sent, later pipelined requests wait in the parser's buffer.
 final class Connection: @unchecked Sendable {
     /// Safe to share: every mutable field is touched only on `queue`.
@@ -21,7 +23,9 @@ final class Connection: @unchecked Sendable {
     private var readSource: DispatchSourceRead?
     private var writeSource: DispatchSourceWrite?
     private var writeArmed = false
-    private var timer: DispatchSourceTimer?
+    /// When the current phase times out, in `DispatchTime` uptime nanoseconds; 0 = never.
+    /// Written on `queue`, read by the server's sweeper.
+    let deadline = Atomic<UInt64>(0)
     private var output: [UInt8] = []
     private var outputOffset = 0
     private var file: (fd: Int32, remaining: Int64)?
@@ -32,6 +36,10 @@ final class Connection: @unchecked Sendable {
     private var sawEOF = false
     /// The read source is suspended (it must be resumed before it is cancelled and released).
     private var readSuspended = false
+    /// Waiting for the server's CPU budget before answering the next request; `granted` once
+    /// the wait is over (the next request then goes without asking again).
+    private var throttled = false
+    private var granted = false
     private var closed = false
     private var shuttingDown = false
     /// A response (or stream) is being produced; pipelined requests wait.
@@ -69,10 +77,10 @@ final class Connection: @unchecked Sendable {
     func start() {
         queue.async { [self] in
             let rs = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-            rs.setEventHandler { [weak self] in self?.readable() }
+            rs.setEventHandler { [weak self] in self?.metered { $0.readable() } }
             readSource = rs
             let ws = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
-            ws.setEventHandler { [weak self] in self?.flush() }
+            ws.setEventHandler { [weak self] in self?.metered { $0.flush() } }
             writeSource = ws
             arm(configuration.idleTimeout)
             rs.resume()
@@ -91,11 +99,11 @@ final class Connection: @unchecked Sendable {
             if streamState != nil { close(); return }
             if phase == .idle && !busy && output.count == outputOffset && parser.bufferedByteCount == 0 { close(); return }
             sawEOF = true
-            if !readSuspended { readSource?.suspend(); readSuspended = true }
+            updateReadSource()
             if !busy {
                 process()
                 // Nothing is being answered: what remains can never complete.
-                if !busy { close() }
+                if !busy && !throttled { close() }
             }
             return
         }
@@ -117,9 +125,79 @@ final class Connection: @unchecked Sendable {
 
     private var readBuffer = [UInt8](repeating: 0, count: 65536)
 
+    private func endThrottle() {
+        throttled = false
+        granted = true
+        guard !closed else { return }
+        updateReadSource()
+        guard !busy else { return }
+        switch phase {
+        case .head: arm(configuration.headerTimeout)
+        case .body: arm(configuration.bodyTimeout)
+        default: break
+        }
+        process()
+        if sawEOF && !busy && !throttled { close() }
+    }
+
+    /// Suspends the read source while the client half-closed or the connection waits for the
+    /// CPU budget (bytes then stay in the kernel, and the client's sends back up); resumes it after.
+    private func updateReadSource() {
+        let suspend = sawEOF || throttled
+        if suspend && !readSuspended { readSource?.suspend(); readSuspended = true }
+        if !suspend && readSuspended { readSource?.resume(); readSuspended = false }
+    }
+
+    /// Thread CPU time when the running event handler started or was last charged (nil: not metering).
+    private var meterStart: Double?
+
+    /// Runs an event handler, charging its CPU time to the server's budget if it has one.
+    private func metered(_ body: (Connection) -> Void) {
+        guard let budget = configuration.cpuBudget, budget.isLimited else { body(self); return }
+        meterStart = CPUBudget.threadCPUTime()
+        body(self)
+        chargeSoFar()
+        meterStart = nil
+    }
+
+    /// Charges the CPU time since the last charge: before each request, so that one read
+    /// carrying many pipelined requests is paced like separate ones.
+    private func chargeSoFar() {
+        guard let start = meterStart, let budget = configuration.cpuBudget else { return }
+        let now = CPUBudget.threadCPUTime()
+        budget.charge(now - start)
+        meterStart = now
+    }
+
+    /// Whether the next request may start now. Under a CPU budget in debt it may not: the
+    /// connection then waits (its read source suspended) and is let through after its turn.
+    private func admitted() -> Bool {
+        chargeSoFar()
+        if granted { granted = false; return true }
+        guard let budget = configuration.cpuBudget else { return true }
+        let (wait, reserved) = budget.admit()
+        guard wait > 0 else { return true }
+        throttled = true
+        cancelTimer()   // the wait is the server's, not the client's: no 408 for it
+        updateReadSource()
+        // Waits end on a 20 ms grid, so that the connections let through in one stretch are
+        // served together (fewer wake-ups, and fewer interruptions of training), and are capped
+        // so that a long line cannot stall a connection: past the cap it goes.
+        let now = DispatchTime.now().uptimeNanoseconds
+        let grid: UInt64 = 20_000_000
+        let end = (now + UInt64(min(wait, 2) * 1e9) + grid - 1) / grid * grid
+        // The reservation ends when the wait does, even if the connection is gone by then.
+        queue.asyncAfter(deadline: DispatchTime(uptimeNanoseconds: end)) { [weak self] in
+            budget.release(reserved)
+            self?.metered { $0.endThrottle() }
+        }
+        return false
+    }
+
     /// Parses and answers buffered requests until more bytes are needed or a response is pending.
     private func process() {
-        while !closed && !busy && !closeAfterFlush {
+        while !closed && !busy && !closeAfterFlush && !throttled {
+            if head == nil && parser.bufferedByteCount > 0 && !admitted() { return }
             let event = parser.next()
             switch event {
             case .needMoreData:
@@ -295,7 +373,7 @@ final class Connection: @unchecked Sendable {
                 arm(configuration.headerTimeout)
                 process()
             }
-            if busy { return }
+            if busy || throttled { return }
             if sawEOF { close(); return }   // every complete request is answered
             arm(configuration.idleTimeout)
         } else if closeAfterFlush {
@@ -316,17 +394,21 @@ final class Connection: @unchecked Sendable {
     // MARK: - Timers and closing
 
     private func arm(_ seconds: Double) {
-        cancelTimer()
-        let t = DispatchSource.makeTimerSource(queue: queue)
-        t.schedule(deadline: .now() + seconds)
-        t.setEventHandler { [weak self] in self?.timedOut() }
-        timer = t
-        t.resume()
+        deadline.store(DispatchTime.now().uptimeNanoseconds + UInt64(max(seconds, 0) * 1e9), ordering: .relaxed)
     }
 
     private func cancelTimer() {
-        timer?.cancel()
-        timer = nil
+        deadline.store(0, ordering: .relaxed)
+    }
+
+    /// Called by the server's sweeper (from another queue) when the deadline may have passed.
+    func deadlinePassed() {
+        queue.async { [self] in
+            let d = deadline.load(ordering: .relaxed)
+            guard d != 0, DispatchTime.now().uptimeNanoseconds >= d else { return }   // re-armed meanwhile
+            cancelTimer()
+            timedOut()
+        }
     }
 
     private func timedOut() {

@@ -21,6 +21,8 @@ public struct ServerConfiguration: Sendable {
     public var maxConnections = 256
     /// How long `shutdown` lets in-flight requests finish.
     public var shutdownGrace: Double = 10
+    /// When set, request handling is held to this CPU budget while it is limiting.
+    public var cpuBudget: CPUBudget?
     public init() {}
 }
 
@@ -36,6 +38,7 @@ public final class HTTPServer: @unchecked Sendable {
     let acceptQueue = DispatchQueue(label: "mocod.http.accept")
     private var listenFD: Int32 = -1
     private var acceptSource: DispatchSourceRead?
+    private var sweeper: DispatchSourceTimer?
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var shuttingDown = false
     private let lock = NSLock()
@@ -87,6 +90,13 @@ public final class HTTPServer: @unchecked Sendable {
         source.setCancelHandler { close(fd) }
         acceptSource = source
         source.resume()
+        // One timer for every connection's deadline, ticking at a quarter of the shortest timeout.
+        let tick = min(max(min(configuration.headerTimeout, configuration.bodyTimeout, configuration.idleTimeout) / 4, 0.01), 1)
+        let sweep = DispatchSource.makeTimerSource(queue: acceptQueue)
+        sweep.schedule(deadline: .now() + tick, repeating: tick, leeway: .milliseconds(Int(tick * 250)))
+        sweep.setEventHandler { [weak self] in self?.sweepDeadlines() }
+        sweeper = sweep
+        sweep.resume()
         logger.info("listening", metadata: ["http.address": "\(configuration.host):\(port)"])
         return port
     }
@@ -110,6 +120,15 @@ public final class HTTPServer: @unchecked Sendable {
             connections[ObjectIdentifier(c)] = c
             lock.lock(); _connectionCount = connections.count; lock.unlock()
             c.start()
+        }
+    }
+
+    /// Hands each connection whose deadline has passed to its own queue, which times it out.
+    private func sweepDeadlines() {
+        let now = DispatchTime.now().uptimeNanoseconds
+        for c in connections.values {
+            let d = c.deadline.load(ordering: .relaxed)
+            if d != 0 && now >= d { c.deadlinePassed() }
         }
     }
 
@@ -139,6 +158,7 @@ public final class HTTPServer: @unchecked Sendable {
         while connectionCount > 0 && Date() < deadline { usleep(10_000) }
         acceptQueue.sync { for c in self.connections.values { c.forceClose() } }
         while connectionCount > 0 && Date() < deadline.addingTimeInterval(2) { usleep(10_000) }
+        acceptQueue.sync { sweeper?.cancel(); sweeper = nil }
         logger.info("stopped")
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 
 /// A job as stored: its spec (JSON text, opaque to this module), state, progress and times.
 public struct JobRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
@@ -80,6 +81,17 @@ public struct CheckpointRecord: Codable, Sendable, Equatable, FetchableRecord, P
 /// edited once shipped; a new change is a new migration.
 public final class JobStore: Sendable {
     public let pool: DatabasePool
+    private let writes = Atomic<UInt64>(0)
+
+    /// Counts the write transactions so far (bumped after each one ends). A value read before a
+    /// read is still current while it has not changed, so readers may cache what they read.
+    public var generation: UInt64 { writes.load(ordering: .acquiring) }
+
+    /// Every write goes through here, so `generation` moves with the data.
+    private func write<T>(_ body: (Database) throws -> T) throws -> T {
+        defer { writes.add(1, ordering: .releasing) }
+        return try pool.write(body)
+    }
 
     public init(path: String) throws {
         var config = Configuration()
@@ -147,7 +159,7 @@ public final class JobStore: Sendable {
     /// Inserts a job with its first transition, in one transaction. With an idempotency key
     /// already used: the same body returns the existing job (`created` false), another body fails.
     public func create(_ job: JobRecord) throws -> (job: JobRecord, created: Bool) {
-        try pool.write { db in
+        try write { db in
             if let key = job.idempotencyKey, let existing = try JobRecord.filter(Column("idempotencyKey") == key).fetchOne(db) {
                 guard existing.bodyHash == job.bodyHash else {
                     throw JobError(.conflict, "Idempotency-Key \(key) was used with another body (job \(existing.id))")
@@ -178,7 +190,7 @@ public final class JobStore: Sendable {
     @discardableResult
     public func apply(_ event: JobEvent, to id: String, reason: String, at: Date = Date(),
                       update: (inout JobRecord) -> Void = { _ in }) throws -> JobRecord {
-        try pool.write { db in
+        try write { db in
             guard var j = try JobRecord.fetchOne(db, key: id) else { throw JobError(.notFound, "no job \(id)") }
             let next = try Lifecycle.next(j.state, event).get()
             let from = j.state
@@ -194,7 +206,7 @@ public final class JobStore: Sendable {
     }
 
     public func updateProgress(_ id: String, _ update: @escaping (inout JobRecord) -> Void) throws {
-        try pool.write { db in
+        try write { db in
             guard var j = try JobRecord.fetchOne(db, key: id) else { return }
             update(&j)
             try j.update(db)
@@ -206,7 +218,7 @@ public final class JobStore: Sendable {
     }
 
     public func delete(_ id: String) throws {
-        _ = try pool.write { db in try JobRecord.deleteOne(db, key: id) }
+        _ = try write { db in try JobRecord.deleteOne(db, key: id) }
     }
 
     /// The next queued job: highest priority, then earliest submitted.
@@ -224,7 +236,7 @@ public final class JobStore: Sendable {
 
     public func appendMetrics(_ points: [MetricRecord]) throws {
         guard !points.isEmpty else { return }
-        try pool.write { db in for p in points { try p.insert(db) } }
+        try write { db in for p in points { try p.insert(db) } }
     }
 
     public func metrics(_ id: String, afterStep: Int = -1, kind: String? = nil) throws -> [MetricRecord] {
@@ -235,10 +247,10 @@ public final class JobStore: Sendable {
         }
     }
 
-    public func recordCheckpoint(_ c: CheckpointRecord) throws { try pool.write { try c.insert($0) } }
+    public func recordCheckpoint(_ c: CheckpointRecord) throws { try write { try c.insert($0) } }
 
     public func removeCheckpoint(job: String, name: String) throws {
-        _ = try pool.write { db in try CheckpointRecord.filter(Column("jobId") == job && Column("name") == name).deleteAll(db) }
+        _ = try write { db in try CheckpointRecord.filter(Column("jobId") == job && Column("name") == name).deleteAll(db) }
     }
 
     public func checkpoints(_ id: String) throws -> [CheckpointRecord] {

@@ -191,6 +191,7 @@ struct Serve: ParsableCommand {
         abstract: "Serves GET /hello (a small JSON body) with the mocod HTTP server, for wrk and slowhttptest.")
     @Option var port = 8089
     @Option(help: "Stop after this many seconds (0: run until killed).") var seconds = 0.0
+    @Option(help: "Hold request handling to this share of one core (0: no limit).") var cpuShare = 0.0
 
     func run() throws {
         var router = Router()
@@ -199,6 +200,11 @@ struct Serve: ParsableCommand {
         let r = router
         var cfg = ServerConfiguration()
         cfg.port = port
+        if cpuShare > 0 {
+            let budget = CPUBudget(share: cpuShare)
+            budget.setLimited(true)
+            cfg.cpuBudget = budget
+        }
         var logger = Logger(label: "mocobench.http")
         logger.logLevel = .warning
         let server = HTTPServer(configuration: cfg, logger: logger) { r.handle($0) }

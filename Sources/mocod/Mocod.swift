@@ -34,11 +34,14 @@ struct Mocod: ParsableCommand {
     var maxRunning = Int(ProcessInfo.processInfo.environment["MOCOD_MAX_RUNNING"] ?? "") ?? 1
     @Option(help: "Compute threads shared by running jobs (env MOCOD_THREADS; default: the core count).")
     var threads = Int(ProcessInfo.processInfo.environment["MOCOD_THREADS"] ?? "") ?? ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "While a job trains, the share of one core that answering requests may use; excess requests wait (env MOCOD_API_CPU_SHARE; 0: no limit).")
+    var apiCPUShare = Double(ProcessInfo.processInfo.environment["MOCOD_API_CPU_SHARE"] ?? "") ?? 0.02
     @Option(help: "Log level: trace, debug, info, warning, error (env MOCOD_LOG_LEVEL).")
     var logLevel = ProcessInfo.processInfo.environment["MOCOD_LOG_LEVEL"] ?? "info"
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0 to 65535") }
+        guard apiCPUShare >= 0 && apiCPUShare.isFinite else { throw ValidationError("--api-cpu-share must be 0 (no limit) or a positive fraction of a core") }
         guard maxRunning >= 1, threads >= 1 else { throw ValidationError("--max-running and --threads must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be trace, debug, info, notice, warning, error or critical") }
     }
@@ -58,11 +61,13 @@ struct Mocod: ParsableCommand {
         let roots = dataRoots.isEmpty ? ["/usr/share/datasets", dir.appendingPathComponent("datasets").path] : dataRoots
         let settings = DaemonSettings(dataDirectory: dir, dataRoots: roots, maxRunning: maxRunning, threads: threads)
         let store = try JobStore(path: settings.databasePath)
-        let scheduler = Scheduler(store: store, settings: settings, logger: logger)
+        let budget = apiCPUShare > 0 ? CPUBudget(share: apiCPUShare) : nil
+        let scheduler = Scheduler(store: store, settings: settings, logger: logger) { running in budget?.setLimited(running > 0) }
         let api = API(scheduler: scheduler, token: token, openAPI: OpenAPIDocument.text)
         var cfg = ServerConfiguration()
         cfg.host = host == "localhost" ? "127.0.0.1" : host
         cfg.port = port
+        cfg.cpuBudget = budget
         var httpLogger = logger
         httpLogger.logLevel = logger.logLevel == .info ? .notice : logger.logLevel
         let server = HTTPServer(configuration: cfg, logger: httpLogger, handler: api.handler())

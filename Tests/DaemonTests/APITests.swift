@@ -16,7 +16,11 @@ final class LiveDaemon: @unchecked Sendable {
     let scheduler: Scheduler
     var port: Int { server.port }
 
-    init(token: String? = nil) throws {
+    /// The running-job counts the scheduler reported, in order.
+    private let reportedCounts: CountLog
+    var runningCounts: [Int] { reportedCounts.values }
+
+    init(token: String? = nil, budget: CPUBudget? = nil) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("daemon-\(UUID())")
         let root = dir.appendingPathComponent("datasets")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
@@ -24,9 +28,16 @@ final class LiveDaemon: @unchecked Sendable {
         let settings = DaemonSettings(dataDirectory: dir, dataRoots: [root.path], maxRunning: 1, threads: 1)
         var logger = Logger(label: "test")
         logger.logLevel = .error
-        scheduler = Scheduler(store: try JobStore(path: settings.databasePath), settings: settings, logger: logger)
+        let counts = CountLog()
+        scheduler = Scheduler(store: try JobStore(path: settings.databasePath), settings: settings, logger: logger) { n in
+            budget?.setLimited(n > 0)
+            counts.append(n)
+        }
+        reportedCounts = counts
         let api = API(scheduler: scheduler, token: token, openAPI: OpenAPIDocument.text)
-        server = HTTPServer(configuration: ServerConfiguration(), logger: logger, handler: api.handler())
+        var cfg = ServerConfiguration()
+        cfg.cpuBudget = budget
+        server = HTTPServer(configuration: cfg, logger: logger, handler: api.handler())
         try server.start()
     }
 
@@ -109,6 +120,15 @@ final class LiveDaemon: @unchecked Sendable {
     }
 }
 
+/// Numbers appended from any thread.
+final class CountLog: @unchecked Sendable {
+    /// Safe to share: `list` is guarded by `lock`.
+    private let lock = NSLock()
+    private var list: [Int] = []
+    func append(_ n: Int) { lock.lock(); list.append(n); lock.unlock() }
+    var values: [Int] { lock.lock(); defer { lock.unlock() }; return list }
+}
+
 @Suite(.serialized) struct APITests {
     @Test func jobLifecycleOverHTTP() throws {
         let d = try LiveDaemon()
@@ -156,6 +176,39 @@ final class LiveDaemon: @unchecked Sendable {
         #expect(d.request("DELETE", "/v1/jobs/\(id)").status == 204)
         #expect(d.request("GET", "/v1/jobs/\(id)").status == 404)
         #expect(!FileManager.default.fileExists(atPath: d.dir.appendingPathComponent("jobs/\(id)").path))
+    }
+
+    /// GET /v1/jobs/{id} is served from a cache, which must follow every write to the store.
+    @Test func jobViewFollowsTheStore() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let store = d.scheduler.store
+        _ = try store.create(JobRecord(id: "job_cached", name: "cached", spec: LiveDaemon.spec))   // queued, never scheduled
+        func view() -> [String: Any] { d.request("GET", "/v1/jobs/job_cached").json }
+        #expect(view()["state"] as? String == "queued")
+        #expect((view()["progress"] as? [String: Any])?["step"] as? Int == 0)
+        try store.updateProgress("job_cached") { $0.step = 7; $0.lastLoss = 1.5 }
+        #expect((view()["progress"] as? [String: Any])?["step"] as? Int == 7 && view()["last_loss"] as? Double == 1.5)
+        try store.apply(.cancel, to: "job_cached", reason: "test")
+        #expect(view()["state"] as? String == "cancelled")
+        #expect(d.request("GET", "/v1/jobs/job_cached/checkpoints").status == 200)
+        try store.delete("job_cached")
+        #expect(d.request("GET", "/v1/jobs/job_cached").status == 404)
+        #expect(d.request("GET", "/v1/jobs/job_cached/checkpoints").status == 404)
+    }
+
+    /// The API's CPU budget limits exactly while a job trains, and a request during training
+    /// under a tiny budget is still answered.
+    @Test func cpuBudgetFollowsTraining() throws {
+        let budget = CPUBudget(share: 0.001)
+        let d = try LiveDaemon(budget: budget)
+        defer { d.stop() }
+        #expect(!budget.isLimited)
+        let id = try #require(d.request("POST", "/v1/jobs", body: LiveDaemon.spec).json["id"] as? String)
+        let done = d.waitFor(id, ["succeeded", "failed"])
+        #expect(done["state"] as? String == "succeeded")
+        #expect(d.runningCounts == [1, 0])
+        #expect(!budget.isLimited)
     }
 
     /// Pause a running job (it checkpoints and frees the slot), resume it (it continues from that

@@ -103,4 +103,28 @@ import Testing
         try s.delete("j")
         #expect(try s.metrics("j").isEmpty && s.checkpoints("j").isEmpty)   // cascades
     }
+
+    /// Every write moves the generation (readers cache by it); reads and failed lookups do not.
+    @Test func generationMovesWithEveryWrite() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var last = s.generation
+        func moved() -> Bool { defer { last = s.generation }; return s.generation > last }
+        _ = try s.create(JobRecord(id: "j", name: "j", spec: "{}"))
+        #expect(moved())
+        _ = try s.job("j"); _ = try s.jobs(); _ = try s.metrics("j"); _ = try s.checkpoints("j")
+        #expect(!moved())
+        try s.apply(.start, to: "j", reason: "test")
+        #expect(moved())
+        try s.updateProgress("j") { $0.step = 3 }
+        #expect(moved())
+        try s.appendMetrics([MetricRecord(jobId: "j", step: 1, kind: "step", json: "{}")])
+        #expect(moved())
+        try s.recordCheckpoint(CheckpointRecord(jobId: "j", name: "c", epoch: 0, step: 1, bytes: 1, sha256: "a", createdAt: Date(), knnTop1: nil))
+        #expect(moved())
+        try s.removeCheckpoint(job: "j", name: "c")
+        #expect(moved())
+        try s.delete("j")
+        #expect(moved())
+    }
 }
