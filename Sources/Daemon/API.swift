@@ -25,10 +25,14 @@ public final class API: Sendable {
         var json: [UInt8]
     }
 
-    public init(scheduler: Scheduler, token: String?, openAPI: String) {
+    /// The server's CPU budget for requests while a job trains (nil: no limit).
+    let budget: CPUBudget?
+
+    public init(scheduler: Scheduler, token: String?, openAPI: String, budget: CPUBudget? = nil) {
         self.scheduler = scheduler
         self.token = token
         self.openAPI = openAPI
+        self.budget = budget
     }
 
     var store: JobStore { scheduler.store }
@@ -338,11 +342,20 @@ public final class API: Sendable {
     func info() -> HTTPResponse {
         .json(Info(version: Self.version, threads: scheduler.settings.threads, max_running: scheduler.settings.maxRunning,
                    kernel_isa: Runtime.dnnlISA, openblas_core: Runtime.openBLASCore, data_roots: scheduler.settings.dataRoots,
-                   uptime_seconds: Date().timeIntervalSince(scheduler.started)))
+                   uptime_seconds: Date().timeIntervalSince(scheduler.started), api_cpu_share: budget?.share))
     }
 
     struct Info: Encodable {
         var version: String, threads: Int, max_running: Int, kernel_isa: String, openblas_core: String, data_roots: [String], uptime_seconds: Double
+        var api_cpu_share: Double?
+        func encode(to encoder: any Encoder) throws {   // api_cpu_share as null when there is no limit
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(version, forKey: .version); try c.encode(threads, forKey: .threads); try c.encode(max_running, forKey: .max_running)
+            try c.encode(kernel_isa, forKey: .kernel_isa); try c.encode(openblas_core, forKey: .openblas_core)
+            try c.encode(data_roots, forKey: .data_roots); try c.encode(uptime_seconds, forKey: .uptime_seconds)
+            try c.encode(api_cpu_share, forKey: .api_cpu_share)
+        }
+        enum CodingKeys: CodingKey { case version, threads, max_running, kernel_isa, openblas_core, data_roots, uptime_seconds, api_cpu_share }
     }
 
     func prometheus() -> HTTPResponse {
@@ -352,6 +365,15 @@ public final class API: Sendable {
         out += "mocod_training_steps_total \(scheduler.stepsTotal)\n"
         let ips = ((try? store.jobs(state: .running, limit: 100)) ?? []).compactMap(\.imagesPerSecond).reduce(0, +)
         out += "# HELP mocod_images_per_second Training throughput of running jobs.\n# TYPE mocod_images_per_second gauge\nmocod_images_per_second \(ips)\n"
+        if let budget {
+            let w = budget.waited
+            out += "# HELP mocod_api_cpu_budget_limiting Whether request handling is held to its CPU budget (a job is training).\n# TYPE mocod_api_cpu_budget_limiting gauge\n"
+            out += "mocod_api_cpu_budget_limiting \(budget.isLimited ? 1 : 0)\n"
+            out += "# HELP mocod_api_cpu_budget_waits_total Requests that waited for the CPU budget.\n# TYPE mocod_api_cpu_budget_waits_total counter\n"
+            out += "mocod_api_cpu_budget_waits_total \(w.requests)\n"
+            out += "# HELP mocod_api_cpu_budget_wait_seconds_total Time requests waited for the CPU budget.\n# TYPE mocod_api_cpu_budget_wait_seconds_total counter\n"
+            out += "mocod_api_cpu_budget_wait_seconds_total \(w.seconds)\n"
+        }
         out += stats.withLock { $0 }.prometheus()
         return HTTPResponse(contentType: "text/plain; version=0.0.4", text: out)
     }

@@ -200,10 +200,13 @@ paths:
                   openblas_core: {type: string}
                   data_roots: {type: array, items: {type: string}}
                   uptime_seconds: {type: number}
+                  api_cpu_share:
+                    type: [number, 'null']
+                    description: Share of one core that request handling may use while a job trains (null - no limit).
         '401': {$ref: '#/components/responses/Error'}
   /metrics:
     get:
-      summary: Prometheus metrics (jobs by state, steps, images/s, HTTP requests, latency).
+      summary: Prometheus metrics (jobs by state, steps, images/s, HTTP requests, latency, waits for the API's CPU budget).
       responses:
         '200': {description: Text exposition format., content: {text/plain: {schema: {type: string}}}}
         '401': {$ref: '#/components/responses/Error'}

@@ -78,6 +78,8 @@ public final class CPUBudget: @unchecked Sendable {
     private var limited = false
     /// Running average of a charge (about one request's CPU time), the cost a waiter reserves.
     private var typicalCharge = 50e-6
+    private var waits = 0
+    private var waitSeconds = 0.0
 
     public init(share: Double) {
         precondition(share > 0)
@@ -94,6 +96,9 @@ public final class CPUBudget: @unchecked Sendable {
 
     public var isLimited: Bool { lock.lock(); defer { lock.unlock() }; return limited }
 
+    /// Requests made to wait so far, and the seconds they were told to wait in all.
+    public var waited: (requests: Int, seconds: Double) { lock.lock(); defer { lock.unlock() }; return (waits, waitSeconds) }
+
     func charge(_ seconds: Double) {
         guard seconds > 0 else { return }
         lock.lock(); defer { lock.unlock() }
@@ -109,6 +114,7 @@ public final class CPUBudget: @unchecked Sendable {
         guard limited else { return (0, 0) }
         let cost = max(typicalCharge, 5e-6)
         let wait = bucket.admit(cost: cost, now: Self.now())
+        if wait > 0 { waits += 1; waitSeconds += min(wait, 2) }
         return (wait, wait > 0 ? cost : 0)
     }
 

@@ -63,7 +63,7 @@ struct Mocod: ParsableCommand {
         let store = try JobStore(path: settings.databasePath)
         let budget = apiCPUShare > 0 ? CPUBudget(share: apiCPUShare) : nil
         let scheduler = Scheduler(store: store, settings: settings, logger: logger) { running in budget?.setLimited(running > 0) }
-        let api = API(scheduler: scheduler, token: token, openAPI: OpenAPIDocument.text)
+        let api = API(scheduler: scheduler, token: token, openAPI: OpenAPIDocument.text, budget: budget)
         var cfg = ServerConfiguration()
         cfg.host = host == "localhost" ? "127.0.0.1" : host
         cfg.port = port

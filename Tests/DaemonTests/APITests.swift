@@ -34,7 +34,7 @@ final class LiveDaemon: @unchecked Sendable {
             counts.append(n)
         }
         reportedCounts = counts
-        let api = API(scheduler: scheduler, token: token, openAPI: OpenAPIDocument.text)
+        let api = API(scheduler: scheduler, token: token, openAPI: OpenAPIDocument.text, budget: budget)
         var cfg = ServerConfiguration()
         cfg.cpuBudget = budget
         server = HTTPServer(configuration: cfg, logger: logger, handler: api.handler())
@@ -136,6 +136,7 @@ final class CountLog: @unchecked Sendable {
         #expect(d.request("GET", "/healthz").status == 200)
         let info = d.request("GET", "/v1/info")
         #expect(info.status == 200 && info.json["version"] as? String == API.version)
+        #expect(info.json["api_cpu_share"] is NSNull)   // this daemon has no CPU budget
         let created = d.request("POST", "/v1/jobs", body: LiveDaemon.spec)
         #expect(created.status == 201, "\(String(decoding: created.body, as: UTF8.self))")
         let id = try #require(created.json["id"] as? String)
@@ -209,6 +210,9 @@ final class CountLog: @unchecked Sendable {
         #expect(done["state"] as? String == "succeeded")
         #expect(d.runningCounts == [1, 0])
         #expect(!budget.isLimited)
+        #expect(d.request("GET", "/v1/info").json["api_cpu_share"] as? Double == 0.001)
+        let metrics = String(decoding: d.request("GET", "/metrics").body, as: UTF8.self)
+        #expect(metrics.contains("mocod_api_cpu_budget_limiting 0\n") && metrics.contains("mocod_api_cpu_budget_waits_total "))
     }
 
     /// Pause a running job (it checkpoints and frees the slot), resume it (it continues from that
