@@ -8,8 +8,10 @@ import Glibc
 
 /// One client connection: a read source and a write source on one serial queue, around the pure
 /// `RequestParser`, plus a deadline that the server's sweeper checks (one timer for all
-/// connections: a Dispatch timer per request would cost more than serving a small request). Requests are answered in order; while a response is being
-/// sent, later pipelined requests wait in the parser's buffer.
+/// connections: a Dispatch timer per request would cost more than serving a small request).
+/// Requests are answered in order; while a response is being sent, later pipelined requests
+/// wait in the parser's buffer. Under a `CPUBudget` that is limiting, each read and write is
+/// charged its CPU time and a request may wait for its turn before it is parsed.
 final class Connection: @unchecked Sendable {
     /// Safe to share: every mutable field is touched only on `queue`.
     let fd: Int32
