@@ -118,6 +118,13 @@ public final class CPUBudget: @unchecked Sendable {
         return (wait, wait > 0 ? cost : 0)
     }
 
+    /// Seconds until the bucket is out of debt (0 when it is not, or when not limiting). Unlike
+    /// `admit`, it reserves nothing: for pacing work already under way, such as a file body.
+    func debt() -> Double {
+        lock.lock(); defer { lock.unlock() }
+        return limited ? bucket.wait(now: Self.now()) : 0
+    }
+
     func release(_ reserved: Double) {
         lock.lock(); defer { lock.unlock() }
         bucket.release(reserved)

@@ -31,6 +31,9 @@ final class Connection: @unchecked Sendable {
     private var output: [UInt8] = []
     private var outputOffset = 0
     private var file: (fd: Int32, remaining: Int64)?
+    /// Sending the file body waits for the CPU budget; `fileGranted` once the wait is over.
+    private var filePaused = false
+    private var fileGranted = false
     /// Close once the pending response is written: the response said `Connection: close`, or
     /// an error or a broken body made the connection unusable. No further request is read.
     private var closeAfterFlush = false
@@ -351,12 +354,27 @@ final class Connection: @unchecked Sendable {
             output.removeAll(keepingCapacity: true)
             outputOffset = 0
             if let f = file {
+                // A file body is paced by the CPU budget too, a chunk at a time. After a pause
+                // one chunk always goes: the pause's own cost must not buy another pause.
+                if fileGranted {
+                    fileGranted = false
+                } else if let budget = configuration.cpuBudget, case let wait = budget.debt(), wait > 0 {
+                    if !filePaused {
+                        filePaused = true
+                        disarmWrite()
+                        queue.asyncAfter(deadline: .now() + min(wait, 2)) { [weak self] in
+                            self?.metered { c in c.filePaused = false; c.fileGranted = true; c.flush() }
+                        }
+                    }
+                    return
+                }
                 // Bounded memory: one 256 KiB chunk of the file at a time.
                 let want = Int(min(f.remaining, 256 * 1024))
                 var chunk = [UInt8](repeating: 0, count: want)
                 let n = chunk.withUnsafeMutableBytes { read(f.fd, $0.baseAddress, want) }
                 if n <= 0 { Glibc.close(f.fd); file = nil; closeAfterFlush = true; break }
-                output = Array(chunk[0..<n])
+                if n < want { chunk.removeLast(want - n) }
+                output = chunk
                 let left = f.remaining - Int64(n)
                 if left == 0 { Glibc.close(f.fd); file = nil } else { file = (f.fd, left) }
                 continue

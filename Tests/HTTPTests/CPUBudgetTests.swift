@@ -107,6 +107,44 @@ import Testing
         let seconds = Date().timeIntervalSince(start)
         #expect(seconds > 0.6 && seconds < 5, "took \(seconds) s")
     }
+
+    /// A file body is paced chunk by chunk while the budget limits, and arrives whole.
+    @Test func fileBodiesArePaced() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("paced-\(UUID())").path
+        let bytes = (0..<(8 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 13) }
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes)))
+        defer { unlink(path) }
+        let budget = CPUBudget(share: 0.001)   // 1 ms of CPU per second
+        var cfg = ServerConfiguration()
+        cfg.port = 0
+        cfg.shutdownGrace = 1
+        cfg.cpuBudget = budget
+        var router = Router()
+        router.add("GET", "/file") { r in FileResponder.respond(path: path, request: r.head, etag: "x") }
+        let r = router
+        let s = HTTPServer(configuration: cfg) { r.handle($0) }
+        try s.start()
+        defer { s.shutdown() }
+        func fetch() -> (Double, [UInt8]) {
+            let start = Date()
+            guard let c = try? RawClient(port: s.port) else { return (0, []) }
+            c.send("GET /file HTTP/1.1\r\nHost: t\r\n\r\n")
+            let body = c.responses(1).first?.body ?? []
+            return (Date().timeIntervalSince(start), body)
+        }
+        let (free, a) = fetch()
+        #expect(a.count == bytes.count)
+        let sameA = a == bytes   // compared outside #expect: a failing #expect would diff 8 MB
+        #expect(sameA)
+        budget.setLimited(true)
+        // 32 chunks of 256 KiB, each read and sent for tens of µs of CPU: well over the 0.5 ms burst.
+        let (paced, b) = fetch()
+        #expect(b.count == bytes.count)
+        let sameB = b == bytes
+        #expect(sameB)
+        #expect(paced > 0.5 && paced > 4 * free, "paced \(paced) s, unlimited \(free) s")
+        print("file body: unlimited \(free) s, paced \(paced) s")
+    }
 }
 
 final class Locked<Value>: @unchecked Sendable {
