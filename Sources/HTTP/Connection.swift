@@ -185,11 +185,11 @@ final class Connection: @unchecked Sendable {
         throttled = true
         cancelTimer()   // the wait is the server's, not the client's: no 408 for it
         updateReadSource()
-        // Waits end on a 20 ms grid, so that the connections let through in one stretch are
+        // Waits end on a 50 ms grid, so that the connections let through in one stretch are
         // served together (fewer wake-ups, and fewer interruptions of training), and are capped
         // so that a long line cannot stall a connection: past the cap it goes.
         let now = DispatchTime.now().uptimeNanoseconds
-        let grid: UInt64 = 20_000_000
+        let grid: UInt64 = 50_000_000
         let end = (now + UInt64(min(wait, 2) * 1e9) + grid - 1) / grid * grid
         // The reservation ends when the wait does, even if the connection is gone by then.
         queue.asyncAfter(deadline: DispatchTime(uptimeNanoseconds: end)) { [weak self] in

@@ -35,7 +35,7 @@ struct Mocod: ParsableCommand {
     @Option(help: "Compute threads shared by running jobs (env MOCOD_THREADS; default: the core count).")
     var threads = Int(ProcessInfo.processInfo.environment["MOCOD_THREADS"] ?? "") ?? ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "While a job trains, the share of one core that answering requests may use; excess requests wait (env MOCOD_API_CPU_SHARE; 0: no limit).")
-    var apiCPUShare = Double(ProcessInfo.processInfo.environment["MOCOD_API_CPU_SHARE"] ?? "") ?? 0.02
+    var apiCPUShare = Double(ProcessInfo.processInfo.environment["MOCOD_API_CPU_SHARE"] ?? "") ?? 0.015
     @Option(help: "Log level: trace, debug, info, warning, error (env MOCOD_LOG_LEVEL).")
     var logLevel = ProcessInfo.processInfo.environment["MOCOD_LOG_LEVEL"] ?? "info"
 
