@@ -31,10 +31,14 @@ public struct TokenBucket: Sendable, Equatable {
         updatedAt = now
     }
 
-    /// Takes `amount` (it may overdraw: work already done is always charged).
+    /// The deepest debt, in seconds of waiting: work beyond it is forgiven, so that a long
+    /// overload (when waiters past the wait cap go anyway) is not repaid for ever after.
+    public static let maxDebtSeconds = 2.0
+
+    /// Takes `amount` (it may overdraw, to at most `maxDebtSeconds` of refilling).
     public mutating func charge(_ amount: Double, now: Double) {
         refill(now: now)
-        balance -= max(amount, 0)
+        balance = max(balance - max(amount, 0), -rate * Self.maxDebtSeconds)
     }
 
     /// Seconds until the balance is back to zero; 0 when it is not in debt.

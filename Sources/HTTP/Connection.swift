@@ -42,9 +42,11 @@ final class Connection: @unchecked Sendable {
     /// The read source is suspended (it must be resumed before it is cancelled and released).
     private var readSuspended = false
     /// Waiting for the server's CPU budget before answering the next request; `granted` once
-    /// the wait is over (the next request then goes without asking again).
+    /// the wait is over (the next request then goes without asking again, however many reads
+    /// its head takes). The head's deadline is put aside for the wait: the wait is the server's.
     private var throttled = false
     private var granted = false
+    private var deadlineLeft: UInt64?
     private var closed = false
     private var shuttingDown = false
     /// A response (or stream) is being produced; pipelined requests wait.
@@ -136,11 +138,8 @@ final class Connection: @unchecked Sendable {
         guard !closed else { return }
         updateReadSource()
         guard !busy else { return }
-        switch phase {
-        case .head: arm(configuration.headerTimeout)
-        case .body: arm(configuration.bodyTimeout)
-        default: break
-        }
+        if let left = deadlineLeft { deadline.store(DispatchTime.now().uptimeNanoseconds + max(left, 1), ordering: .relaxed) }
+        deadlineLeft = nil
         process()
         if sawEOF && !busy && !throttled { close() }
     }
@@ -178,12 +177,15 @@ final class Connection: @unchecked Sendable {
     /// connection then waits (its read source suspended) and is let through after its turn.
     private func admitted() -> Bool {
         chargeSoFar()
-        if granted { granted = false; return true }
+        if granted { return true }   // spent when the head arrives
         guard let budget = configuration.cpuBudget else { return true }
         let (wait, reserved) = budget.admit()
         guard wait > 0 else { return true }
         throttled = true
-        cancelTimer()   // the wait is the server's, not the client's: no 408 for it
+        // The wait is the server's, not the client's: the head's deadline stops meanwhile.
+        let d = deadline.load(ordering: .relaxed), t = DispatchTime.now().uptimeNanoseconds
+        deadlineLeft = d == 0 ? nil : (d > t ? d - t : 0)
+        cancelTimer()
         updateReadSource()
         // Waits end on a 50 ms grid, so that the connections let through in one stretch are
         // served together (fewer wake-ups, and fewer interruptions of training), and are capped
@@ -209,6 +211,7 @@ final class Connection: @unchecked Sendable {
                 if parser.bufferedByteCount == 0 && phase == .idle { arm(configuration.idleTimeout) }
                 return
             case .head(let h):
+                granted = false
                 head = h
                 body = []
                 if phase != .head { phase = .head; requestStart = Date() }
@@ -362,6 +365,7 @@ final class Connection: @unchecked Sendable {
                     if !filePaused {
                         filePaused = true
                         disarmWrite()
+                        cancelTimer()   // no idle timeout while the server holds the body back
                         queue.asyncAfter(deadline: .now() + min(wait, 2)) { [weak self] in
                             self?.metered { c in c.filePaused = false; c.fileGranted = true; c.flush() }
                         }

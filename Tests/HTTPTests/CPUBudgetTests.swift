@@ -17,13 +17,15 @@ import Testing
         #expect(b.balance == 0.05)                  // never above capacity
     }
 
-    @Test func chargesWhatWasSpentEvenIntoDeepDebt() {
+    @Test func chargesWhatWasSpentIntoDebtDownToAFloor() {
         var b = TokenBucket(rate: 1, capacity: 1, now: 10)
-        b.charge(5, now: 10)
-        #expect(b.balance == -4)
-        #expect(b.wait(now: 12) == 2)
-        b.charge(-3, now: 12)                       // a negative charge is ignored
-        #expect(b.balance == -2)
+        b.charge(2.5, now: 10)
+        #expect(b.balance == -1.5)
+        #expect(b.wait(now: 11) == 0.5)
+        b.charge(-3, now: 11)                       // a negative charge is ignored
+        #expect(b.balance == -0.5)
+        b.charge(100, now: 11)                      // never deeper than the longest wait
+        #expect(b.balance == -TokenBucket.maxDebtSeconds && b.wait(now: 11) == TokenBucket.maxDebtSeconds)
         b.reset(now: 12)
         #expect(b.balance == 1 && b.wait(now: 12) == 0)
     }
@@ -118,6 +120,7 @@ import Testing
         var cfg = ServerConfiguration()
         cfg.port = 0
         cfg.shutdownGrace = 1
+        cfg.idleTimeout = 0.5   // shorter than the paced download: holding the body back is no idle client
         cfg.cpuBudget = budget
         var router = Router()
         router.add("GET", "/file") { r in FileResponder.respond(path: path, request: r.head, etag: "x") }
