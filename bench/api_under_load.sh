@@ -11,15 +11,18 @@
 # WRK_IDLE=1 runs wrk in the idle scheduling class (a stand-in for clients on other machines);
 # NOLOAD=1 sleeps instead of running wrk (the control: the noise floor of the method).
 set -euo pipefail
+trap 'echo "api_under_load.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 swift build -c release --product mocod >/dev/null
 cycles=${CYCLES:-6}
 window=${WINDOW:-10}
 data=$(mktemp -d)
-port=${PORT:-18282}
+port=${PORT:-0}   # 0: a free port, read from mocod's first line
 env ${MOCOD_ENV:-} .build/release/mocod --port "$port" --data-dir "$data" --log-level warning > "$data/log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$data"' EXIT
+for _ in $(seq 100); do grep -q "listening on" "$data/log" 2>/dev/null && break; sleep 0.1; done
+port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$data/log" | head -1)
 base="http://127.0.0.1:$port"
 for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
 epochs=$(( (15 + 2 * cycles * window) / 35 + 2 ))   # about 40 s an epoch: never run out
