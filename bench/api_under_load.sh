@@ -59,9 +59,10 @@ data, cycles = sys.argv[1], int(sys.argv[2])
 windows = [tuple(map(float, l.split())) for l in open(f"{data}/windows")]
 steps = [p for p in json.load(open(f"{data}/metrics.json"))["points"] if p["kind"] == "step"]
 def rates(lo, hi): return [p["images_per_second"] for p in steps if lo + 1 <= p["time"] < hi]
-def ms(text):
-    v, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(v) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+def ms(text):   # wrk's units: us, ms, s, m, h
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m: sys.exit(f"cannot read wrk's latency {text!r}")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3, "m": 6e4, "h": 3.6e6}[m.group(2)]
 quiet, loaded, reqs, p50s, p99s, errors = [], [], [], [], [], []
 for c, (t0, t1, t2) in enumerate(windows, 1):
     q, l = rates(t0, t1), rates(t1, t2)
@@ -70,7 +71,8 @@ for c, (t0, t1, t2) in enumerate(windows, 1):
     line = f"cycle {c}: training {statistics.median(q):.1f} quiet / {statistics.median(l):.1f} loaded img/s"
     if "Requests/sec" in w:
         r = float(re.search(r"Requests/sec:\s+([\d.]+)", w).group(1))
-        p50 = ms(re.search(r"50%\s+(\S+)", w).group(1)); p99 = ms(re.search(r"99%\s+(\S+)", w).group(1))
+        if "Latency Distribution" not in w: sys.exit(f"wrk printed no latency distribution in window {c}:\n{w}")
+        p50 = ms(re.search(r"^\s+50%\s+(\S+)", w, re.M).group(1)); p99 = ms(re.search(r"^\s+99%\s+(\S+)", w, re.M).group(1))
         reqs.append(r); p50s.append(p50); p99s.append(p99)
         err = re.search(r"Socket errors: (.*)", w)
         if err: errors.append(f"cycle {c}: {err.group(1)}")
