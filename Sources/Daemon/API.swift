@@ -42,14 +42,15 @@ public final class API: Sendable {
         let router = routes()
         return { [self] request in
             let start = Date()
+            let matched = router.match(method: request.method, path: request.path)
             var response: HTTPResponse
             if request.path != "/healthz", let failure = authenticate(request) {
                 response = failure
             } else {
-                response = router.handle(request)
+                response = router.handle(request, matched)
             }
             let route: String
-            if case .found(_, _, let pattern) = router.match(method: request.method, path: request.path) { route = pattern } else { route = "unmatched" }
+            if case .found(_, _, let pattern) = matched { route = pattern } else { route = "unmatched" }
             let seconds = Date().timeIntervalSince(start)
             let sample = HTTPStats.Sample(route: route, method: request.method, status: response.status.code, seconds: seconds)
             stats.withLock { $0.record(sample) }

@@ -98,7 +98,12 @@ public struct Router: Sendable {
 
     /// Dispatches a request (404 and 405 answered with the uniform error body).
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
-        switch match(method: request.method, path: request.path) {
+        handle(request, match(method: request.method, path: request.path))
+    }
+
+    /// Dispatches a request that `match` has already routed.
+    public func handle(_ request: HTTPRequest, _ matched: Match) -> HTTPResponse {
+        switch matched {
         case .found(let handler, let params, let pattern):
             var r = request
             r.pathParameters = params
