@@ -135,9 +135,13 @@ public struct JobSpec: Codable, Sendable, Equatable {
 
     // MARK: - Parsing
 
-    /// Parses and validates a spec: merges it over its method's preset, rejects unknown fields,
-    /// type errors and out-of-range values, all reported together.
+    /// Parses and validates a spec: strict RFC 8259 JSON first (no trailing commas, NaN or
+    /// Infinity, duplicate keys or invalid UTF-8; nesting and size limits), then merged over its
+    /// method's preset, with unknown fields, type errors and out-of-range values all reported together.
     public static func parse(_ json: Data) throws(SpecError) -> JobSpec {
+        do { try StrictJSON.validate(json) } catch {
+            throw SpecError([FieldIssue(error.path, "\(error.problem) (line \(error.line), column \(error.column))")])
+        }
         guard let object = try? JSONSerialization.jsonObject(with: json, options: [.fragmentsAllowed]) else {
             throw SpecError([FieldIssue("$", "not valid JSON")])
         }
@@ -152,6 +156,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         var base = preset(method)
         if user["eval"] is [String: Any] { base["eval"] = evalDefaults }
         let merged = merge(base, user, path: "", issues: &issues)
+        checkNumbers(merged, path: "", issues: &issues)
         guard issues.isEmpty else { throw SpecError(issues) }
         let spec: JobSpec
         do {
@@ -184,6 +189,38 @@ public struct JobSpec: Codable, Sendable, Equatable {
         return out
     }
 
+    /// Fields decoded as integers (`[]`: every element of the array); the rest are floats.
+    static let integerFields: Set<String> = [
+        "data.limit", "eval.limit", "eval.knn_k", "eval.every_epochs", "model.width", "model.in_channels", "model.dim",
+        "model.mlp_hidden", "moco.queue", "moco.bn_splits", "augment.size", "optim.batch_size", "optim.epochs",
+        "optim.milestones[]", "optim.warmup_epochs", "checkpoint.every_epochs", "checkpoint.every_steps",
+        "checkpoint.keep_last", "checkpoint.keep_best", "seed", "threads",
+    ]
+
+    /// Numbers the decoder would reject without naming the field (a fraction for an integer, a
+    /// float beyond Float's range), reported by their path instead.
+    static func checkNumbers(_ value: Any, path: String, issues: inout [FieldIssue]) {
+        if let object = value as? [String: Any] {
+            for (k, v) in object { checkNumbers(v, path: path.isEmpty ? k : "\(path).\(k)", issues: &issues) }
+        } else if let array = value as? [Any] {
+            for (i, v) in array.enumerated() {
+                let before = issues.count
+                checkNumbers(v, path: path + "[]", issues: &issues)
+                for j in before..<issues.count where issues[j].field == path + "[]" { issues[j] = FieldIssue("\(path)[\(i)]", issues[j].problem) }
+            }
+        } else if let n = value as? NSNumber, String(cString: n.objCType) != "c" {   // "c": a JSON true/false
+            let d = n.doubleValue
+            let integral = String(cString: n.objCType) != "d" || (d.isFinite && d.rounded() == d)
+            if integerFields.contains(path) {
+                let limit = path == "seed" ? 1.8446744073709552e19 : 9.2e18
+                if !integral { issues.append(FieldIssue(path, "must be an integer")) }
+                else if d >= limit || d < (path == "seed" ? 0 : -9.2e18) { issues.append(FieldIssue(path, "is out of range")) }
+            } else if !d.isFinite || abs(d) > Double(Float.greatestFiniteMagnitude) {
+                issues.append(FieldIssue(path, "is out of range (at most \(Float.greatestFiniteMagnitude) in magnitude)"))
+            }
+        }
+    }
+
     static func describe(_ error: DecodingError) -> FieldIssue {
         func path(_ c: [CodingKey]) -> String { c.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".").replacingOccurrences(of: ".[", with: "[") }
         switch error {
@@ -213,61 +250,92 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public static let schedules = ["cosine", "cosine_step", "step", "constant"]
 
     /// Range and consistency checks on a decoded spec (every problem, in field order).
+    ///
+    /// Total: every numeric field is range-checked on its own first (zero, negative, huge and
+    /// non-finite values are caught here), and the checks that do arithmetic across fields
+    /// (divisibility, products) run only on fields that passed theirs, so no user value can
+    /// reach a trap (a division by zero, an overflow) here or later.
     public func validate() -> [FieldIssue] {
         var p: [FieldIssue] = []
-        func need(_ ok: Bool, _ field: String, _ problem: String) { if !ok { p.append(FieldIssue(field, problem)) } }
+        @discardableResult
+        func need(_ ok: Bool, _ field: String, _ problem: String) -> Bool { if !ok { p.append(FieldIssue(field, problem)) }; return ok }
+        func between<T: Comparable>(_ v: T, _ lo: T, _ hi: T) -> Bool { v >= lo && v <= hi }
+        func path(_ field: String, _ value: String) {
+            need(!value.isEmpty, field, "is required")
+            need(value.utf8.count <= 4096, field, "must be at most 4096 bytes")
+            need(value.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7f...0x9f).contains($0.value) }, field,
+                 "must not contain NUL or other control characters")
+        }
         need(!name.isEmpty && name.count <= 128, "name", "must be 1 to 128 characters")
-        need(name.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value != 0x7f }, "name", "must not contain control characters")
+        need(name.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7f...0x9f).contains($0.value) }, "name", "must not contain control characters")
         need(Self.formats.contains(data.format), "data.format", "must be one of \(Self.formats.joined(separator: ", "))")
-        need(!data.path.isEmpty, "data.path", "is required")
-        need(data.limit.map { $0 > 0 } ?? true, "data.limit", "must be positive or null")
+        path("data.path", data.path)
+        need(["train", "test"].contains(data.split) || Self.isPlainName(data.split), "data.split", "must be train, test or a plain folder name")
+        need(data.limit.map { between($0, 1, Self.maxImages) } ?? true, "data.limit", "must be between 1 and \(Self.maxImages), or null")
         if let e = eval {
             need(Self.formats.contains(e.format), "eval.format", "must be one of \(Self.formats.joined(separator: ", "))")
-            need(!e.path.isEmpty, "eval.path", "is required")
-            need(e.limit.map { $0 > 0 } ?? true, "eval.limit", "must be positive or null")
-            need(e.knn_k >= 1 && e.knn_k <= 10_000, "eval.knn_k", "must be between 1 and 10000")
-            need(e.knn_t > 0 && e.knn_t.isFinite, "eval.knn_t", "must be positive")
-            need(e.every_epochs >= 1, "eval.every_epochs", "must be at least 1")
+            path("eval.path", e.path)
+            need(["train", "test"].contains(e.split) || Self.isPlainName(e.split), "eval.split", "must be train, test or a plain folder name")
+            need(e.limit.map { between($0, 1, Self.maxImages) } ?? true, "eval.limit", "must be between 1 and \(Self.maxImages), or null")
+            need(between(e.knn_k, 1, 10_000), "eval.knn_k", "must be between 1 and 10000")
+            need(e.knn_t.isFinite && between(e.knn_t, 1e-4, 100), "eval.knn_t", "must be between 0.0001 and 100")
+            need(between(e.every_epochs, 1, 10_000), "eval.every_epochs", "must be between 1 and 10000")
         }
-        need(model.width >= 1 && model.width <= 256, "model.width", "must be between 1 and 256")
+        need(between(model.width, 1, 256), "model.width", "must be between 1 and 256")
         need(model.in_channels == 1 || model.in_channels == 3, "model.in_channels", "must be 1 or 3")
-        need(model.dim >= 1 && model.dim <= 4096, "model.dim", "must be between 1 and 4096")
-        need(model.mlp_hidden.map { $0 >= 0 && $0 <= 16384 } ?? true, "model.mlp_hidden", "must be between 0 and 16384, or null")
-        need(moco.queue >= 1 && moco.queue <= 1 << 20, "moco.queue", "must be between 1 and 1048576")
-        need(moco.momentum >= 0 && moco.momentum < 1, "moco.momentum", "must be in [0, 1)")
-        need(moco.temperature > 0 && moco.temperature.isFinite, "moco.temperature", "must be positive")
-        need(moco.bn_splits >= 1, "moco.bn_splits", "must be at least 1")
-        need(augment.size >= 8 && augment.size <= 512, "augment.size", "must be between 8 and 512")
+        need(between(model.dim, 1, 4096), "model.dim", "must be between 1 and 4096")
+        need(model.mlp_hidden.map { between($0, 0, 16384) } ?? true, "model.mlp_hidden", "must be between 0 and 16384, or null")
+        let queueOK = need(between(moco.queue, 1, 1 << 20), "moco.queue", "must be between 1 and 1048576")
+        need(moco.momentum.isFinite && moco.momentum >= 0 && moco.momentum < 1, "moco.momentum", "must be in [0, 1)")
+        need(moco.temperature.isFinite && between(moco.temperature, 1e-4, 100), "moco.temperature", "must be between 0.0001 and 100")
+        let splitsOK = need(between(moco.bn_splits, 1, 4096), "moco.bn_splits", "must be between 1 and 4096")
+        need(between(augment.size, 8, 512), "augment.size", "must be between 8 and 512")
         for (field, values) in [("augment.mean", augment.mean), ("augment.std", augment.std)] {
             if let v = values {
                 need(v.count == 1 || v.count == model.in_channels, field, "must have 1 or in_channels (\(model.in_channels)) values")
             }
         }
-        if let s = augment.std { need(s.allSatisfy { $0 > 0 }, "augment.std", "values must be positive") }
-        need(optim.batch_size >= 2 && optim.batch_size <= 4096, "optim.batch_size", "must be between 2 and 4096")
-        need(optim.epochs >= 1 && optim.epochs <= 10_000, "optim.epochs", "must be between 1 and 10000")
-        need(optim.lr > 0 && optim.lr.isFinite, "optim.lr", "must be positive")
+        if let m = augment.mean { need(m.allSatisfy { $0.isFinite && abs($0) <= 1e6 }, "augment.mean", "values must be finite, at most 1e6 in magnitude") }
+        if let s = augment.std { need(s.allSatisfy { $0.isFinite && $0 >= 1e-6 && $0 <= 1e6 }, "augment.std", "values must be between 1e-6 and 1e6") }
+        let batchOK = need(between(optim.batch_size, 2, 4096), "optim.batch_size", "must be between 2 and 4096")
+        let epochsOK = need(between(optim.epochs, 1, 10_000), "optim.epochs", "must be between 1 and 10000")
+        need(optim.lr.isFinite && optim.lr > 0, "optim.lr", "must be positive and finite")
         need(["linear", "none"].contains(optim.lr_scaling), "optim.lr_scaling", "must be linear or none")
-        need(optim.weight_decay >= 0, "optim.weight_decay", "must not be negative")
-        need(optim.momentum >= 0 && optim.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        need(optim.weight_decay.isFinite && between(optim.weight_decay, 0, 1), "optim.weight_decay", "must be between 0 and 1")
+        need(optim.momentum.isFinite && optim.momentum >= 0 && optim.momentum < 1, "optim.momentum", "must be in [0, 1)")
         need(Self.schedules.contains(optim.schedule), "optim.schedule", "must be one of \(Self.schedules.joined(separator: ", "))")
-        need(optim.warmup_epochs >= 0 && optim.warmup_epochs < optim.epochs, "optim.warmup_epochs", "must be at least 0 and below epochs")
-        need(checkpoint.every_epochs.map { $0 >= 1 } ?? true, "checkpoint.every_epochs", "must be at least 1 or null")
-        need(checkpoint.every_steps.map { $0 >= 1 } ?? true, "checkpoint.every_steps", "must be at least 1 or null")
-        need(checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be at least 1")
-        need(checkpoint.keep_best >= 0, "checkpoint.keep_best", "must not be negative")
-        need(threads >= 1 && threads <= 256, "threads", "must be between 1 and 256")
-        // Consistency between sections.
-        if optim.batch_size >= 2 {
+        need(optim.milestones.count <= 100, "optim.milestones", "must have at most 100 entries")
+        need(optim.milestones.allSatisfy { between($0, 1, 10_000) }, "optim.milestones", "entries must be epochs between 1 and 10000")
+        let warmupOK = need(between(optim.warmup_epochs, 0, 10_000), "optim.warmup_epochs", "must be between 0 and 10000")
+        need(checkpoint.every_epochs.map { between($0, 1, 10_000) } ?? true, "checkpoint.every_epochs", "must be between 1 and 10000, or null")
+        need(checkpoint.every_steps.map { between($0, 1, 1 << 40) } ?? true, "checkpoint.every_steps", "must be between 1 and 2^40, or null")
+        need(between(checkpoint.keep_last, 1, 1000), "checkpoint.keep_last", "must be between 1 and 1000")
+        need(between(checkpoint.keep_best, 0, 1000), "checkpoint.keep_best", "must be between 0 and 1000")
+        need(between(threads, 1, 256), "threads", "must be between 1 and 256")
+        // Consistency between sections: only on values that passed their own range checks.
+        if epochsOK && warmupOK {
+            need(optim.warmup_epochs < optim.epochs, "optim.warmup_epochs", "must be below epochs (\(optim.epochs))")
+        }
+        if batchOK && queueOK {
             let perStep = moco.symmetric ? 2 * optim.batch_size : optim.batch_size
             need(moco.queue % perStep == 0, "moco.queue",
                  "must be a multiple of \(moco.symmetric ? "2 x batch_size" : "batch_size") (\(perStep)) so keys enqueue without wrapping")
-            need(optim.batch_size % moco.bn_splits == 0, "moco.bn_splits", "must divide batch_size (\(optim.batch_size))")
-            if optim.batch_size % moco.bn_splits == 0, moco.bn_splits >= 1 {
+        }
+        if batchOK && splitsOK {
+            if need(optim.batch_size % moco.bn_splits == 0, "moco.bn_splits", "must divide batch_size (\(optim.batch_size))") {
                 need(optim.batch_size / moco.bn_splits >= 2, "moco.bn_splits", "leaves fewer than 2 images per split")
             }
         }
         return p
+    }
+
+    /// The most images a dataset (or a `limit`) may name.
+    public static let maxImages = 1 << 31
+
+    /// A single path component of letters, digits, `.`, `_` and `-` (not `.` or `..`).
+    static func isPlainName(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 255 && s != "." && s != ".." &&
+            s.unicodeScalars.allSatisfy { ($0.properties.isAlphabetic && $0.isASCII) || ("0"..."9").contains($0) || "._-".unicodeScalars.contains($0) }
     }
 
     /// The learning rate actually used (`lr` scaled by `batch_size / 256` under linear scaling).
