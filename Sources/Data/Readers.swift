@@ -8,10 +8,66 @@ import Foundation
 public enum Readers {
     // MARK: - Whole files, through zlib (plain files pass through unchanged)
 
-    /// The bytes of `path`, gunzipped when it is gzip data. Capped at `limit` bytes.
-    public static func readMaybeGzip(_ path: String, limit: Int = 4 << 30) throws(DataError) -> [UInt8] {
-        guard FileManager.default.fileExists(atPath: path) else { throw DataError(file: path, "no such file") }
-        guard let f = gzopen(path, "rb") else { throw DataError(file: path, "cannot open: \(String(cString: strerror(errno)))") }
+    /// Opens `path` for reading. With a `root` (a data root, symlinks resolved) the open
+    /// descriptor itself is checked: it must be a regular file or a directory whose real path (as
+    /// the kernel reports it for the descriptor, after any symlink swapped in since the path was
+    /// resolved) lies inside `root`. Never blocks on a FIFO or device.
+    public static func openFile(_ path: String, within root: String?, directory: Bool = false) throws(DataError) -> Int32 {
+        guard !path.utf8.contains(0) else { throw DataError(file: path.debugDescription, "paths must not contain NUL") }
+        let flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (directory ? O_DIRECTORY : 0)
+        let fd = open(path, flags)
+        guard fd >= 0 else {
+            let e = errno
+            throw DataError(file: path, e == ENOENT ? "no such file" : e == ENOTDIR ? "not a directory" : "cannot open: \(String(cString: strerror(e)))")
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { close(fd); throw DataError(file: path, "cannot stat: \(String(cString: strerror(errno)))") }
+        let kind = st.st_mode & S_IFMT
+        guard kind == (directory ? S_IFDIR : S_IFREG) else {
+            close(fd)
+            throw DataError(file: path, directory ? "not a directory" : "not a regular file")
+        }
+        if let root {
+            guard let real = descriptorPath(fd), real == root || real.hasPrefix(root + "/") else {
+                close(fd)
+                throw DataError(file: path, "resolves outside its data root")
+            }
+        }
+        // Reads block as usual from here on (O_NONBLOCK only kept the open from waiting).
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        return fd
+    }
+
+    /// The path the kernel has for an open descriptor (`/proc/self/fd/N`), nil if unknown.
+    static func descriptorPath(_ fd: Int32) -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
+        guard n > 0 else { return nil }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The whole contents of `path` (see `openFile` for `root`).
+    public static func readFile(_ path: String, within root: String?) throws(DataError) -> [UInt8] {
+        let fd = try openFile(path, within: root)
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DataError(file: path, "cannot read: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { return out }
+            out.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    /// The bytes of `path`, gunzipped when it is gzip data. Capped at `limit` bytes. With a
+    /// `root`, the file must lie inside it when opened (see `openFile`).
+    public static func readMaybeGzip(_ path: String, limit: Int = 4 << 30, within root: String? = nil) throws(DataError) -> [UInt8] {
+        let fd = try openFile(path, within: root)
+        guard let f = gzdopen(fd, "rb") else { close(fd); throw DataError(file: path, "cannot open: \(String(cString: strerror(errno)))") }
         defer { gzclose(f) }
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
@@ -42,8 +98,8 @@ public enum Readers {
     }
 
     /// An IDX3 image file (`0x00000803`, N x H x W uint8) and, optionally, its IDX1 labels.
-    public static func idx(images: String, labels: String?) throws(DataError) -> ImageDataset {
-        let b = try readMaybeGzip(images)
+    public static func idx(images: String, labels: String?, within root: String? = nil) throws(DataError) -> ImageDataset {
+        let b = try readMaybeGzip(images, within: root)
         guard b.count >= 16 else { throw DataError(file: images, "too short for an IDX3 header (\(b.count) bytes)") }
         let magic = bigEndian32(b, 0)
         guard magic == 0x0803 else {
@@ -55,7 +111,7 @@ public enum Readers {
         guard b.count >= need else { throw DataError(file: images, "header promises \(n) images of \(h)x\(w) (\(need) bytes) but the file has \(b.count)") }
         var ds = ImageDataset(count: n, height: h, width: w, channels: 1, pixels: Array(b[16..<need]))
         if let labels {
-            let l = try readMaybeGzip(labels)
+            let l = try readMaybeGzip(labels, within: root)
             guard l.count >= 8 else { throw DataError(file: labels, "too short for an IDX1 header") }
             guard bigEndian32(l, 0) == 0x0801 else { throw DataError(file: labels, String(format: "bad magic 0x%08x: expected 0x00000801 (IDX1 labels)", bigEndian32(l, 0))) }
             let ln = bigEndian32(l, 4)
@@ -70,11 +126,11 @@ public enum Readers {
 
     /// CIFAR-10 (`<label><3072 pixels>`) or CIFAR-100 (`<coarse><fine><3072 pixels>`, fine label
     /// used) records from one or more files; pixels are R, G, B planes of 32x32.
-    public static func cifar(files: [String], hundred: Bool) throws(DataError) -> ImageDataset {
+    public static func cifar(files: [String], hundred: Bool, within root: String? = nil) throws(DataError) -> ImageDataset {
         let labelBytes = hundred ? 2 : 1, record = labelBytes + 3072
         var pixels: [UInt8] = [], labels: [Int] = []
         for file in files {
-            let b = try readMaybeGzip(file)
+            let b = try readMaybeGzip(file, within: root)
             guard !b.isEmpty, b.count % record == 0 else {
                 throw DataError(file: file, "\(b.count) bytes is not a whole number of \(record)-byte CIFAR-\(hundred ? 100 : 10) records")
             }
@@ -90,8 +146,8 @@ public enum Readers {
     // MARK: - NPY
 
     /// A NumPy `.npy` uint8 array of shape (N, H, W) or (N, H, W, C) with C 1 or 3, C order.
-    public static func npy(_ path: String) throws(DataError) -> ImageDataset {
-        let b = try readMaybeGzip(path)
+    public static func npy(_ path: String, within root: String? = nil) throws(DataError) -> ImageDataset {
+        let b = try readMaybeGzip(path, within: root)
         guard b.count >= 10, b[0] == 0x93, Array(b[1..<6]) == Array("NUMPY".utf8) else { throw DataError(file: path, "not an NPY file (bad magic)") }
         let major = b[6]
         let (lenBytes, start) = major == 1 ? (2, 8) : (4, 8)
@@ -216,11 +272,8 @@ public enum Readers {
     }
 
     /// Decodes a PNG or JPEG by its contents (not its name).
-    public static func decodeImage(at path: String) throws(DataError) -> Image {
-        let bytes: [UInt8]
-        do { bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) } catch {
-            throw DataError(file: path, "cannot read: \(error.localizedDescription)")
-        }
+    public static func decodeImage(at path: String, within root: String? = nil) throws(DataError) -> Image {
+        let bytes = try readFile(path, within: root)
         if bytes.count >= 8, bytes[0] == 0x89, bytes[1] == 0x50, bytes[2] == 0x4E, bytes[3] == 0x47 { return try decodePNG(bytes, file: path) }
         if bytes.count >= 3, bytes[0] == 0xFF, bytes[1] == 0xD8, bytes[2] == 0xFF { return try decodeJPEG(bytes, file: path) }
         throw DataError(file: path, bytes.isEmpty ? "empty file" : "neither a PNG nor a JPEG (unrecognised signature)")
@@ -231,10 +284,9 @@ public enum Readers {
     /// An image folder: `root/<class>/<image>` (labels by sorted class name) or, without
     /// subfolders, `root/<image>` (unlabeled). Every image is resized (shorter side to `size`,
     /// bilinear) and center-cropped to `size x size`; the dataset is gray when every image is gray.
-    public static func imageFolder(_ root: String, size: Int) throws(DataError) -> ImageDataset {
+    public static func imageFolder(_ root: String, size: Int, within dataRoot: String? = nil) throws(DataError) -> ImageDataset {
         let fm = FileManager.default
-        var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: root, isDirectory: &isDir), isDir.boolValue else { throw DataError(file: root, "not a directory") }
+        close(try openFile(root, within: dataRoot, directory: true))   // a directory inside the data root
         let entries = ((try? fm.contentsOfDirectory(atPath: root)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
         let classes = entries.filter { var d: ObjCBool = false; return fm.fileExists(atPath: root + "/" + $0, isDirectory: &d) && d.boolValue }
         var files: [(String, Int?)] = []
@@ -250,7 +302,7 @@ public enum Readers {
         }
         guard !files.isEmpty else { throw DataError(file: root, "no .png or .jpg images found") }
         var images: [Image] = []
-        for (f, _) in files { images.append(try decodeImage(at: f)) }
+        for (f, _) in files { images.append(try decodeImage(at: f, within: dataRoot)) }
         let channels = images.allSatisfy { $0.channels == 1 } ? 1 : 3
         var pixels: [UInt8] = []
         pixels.reserveCapacity(files.count * size * size * channels)

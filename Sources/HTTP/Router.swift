@@ -63,9 +63,26 @@ public struct Router: Sendable {
         case found(Handler, parameters: [String: String], pattern: String)
         case methodNotAllowed(allow: [String])
         case notFound
+        /// A path segment that no resource can be named by: it decodes to a control character
+        /// (NUL included), a `/`, or bytes that are not UTF-8. Refused before any handler runs.
+        case invalidPath(String)
+    }
+
+    /// Whether a percent-decoded path segment could name something (no control characters,
+    /// no `/`); nil when it does not decode at all.
+    static func segmentProblem(_ raw: Substring) -> String? {
+        guard let decoded = raw.removingPercentEncoding else { return "a path segment is not valid percent-encoded UTF-8" }
+        for u in decoded.unicodeScalars where u.value < 0x20 || (0x7f...0x9f).contains(u.value) || u == "/" {
+            return u == "/" ? "a path segment must not contain an encoded '/'"
+                : "a path segment must not contain control characters (U+\(String(format: "%04X", u.value)))"
+        }
+        return nil
     }
 
     public func match(method: String, path: String) -> Match {
+        for segment in path.split(separator: "/") where segment.contains("%") {
+            if let problem = Self.segmentProblem(segment) { return .invalidPath(problem) }
+        }
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         let trimmed = parts.last == "" && parts.count > 1 ? Array(parts.dropLast()) : parts
         var allowed: [String] = []
@@ -114,6 +131,8 @@ public struct Router: Sendable {
                           headers: HTTPHeaders([("Allow", allow.joined(separator: ", "))]))
         case .notFound:
             return .error(.notFound, code: "not_found", message: "no route for \(request.path)")
+        case .invalidPath(let problem):
+            return .error(.badRequest, code: "invalid_path", message: problem)
         }
     }
 }

@@ -6,36 +6,74 @@ public enum DataSources {
     /// Default roots: Debian's dataset folder, then `./datasets`.
     public static let defaultRoots = ["/usr/share/datasets", "datasets"]
 
-    /// The path of `relative` inside the first root that has it. Paths are confined to the roots:
-    /// no `..`, no absolute path unless `allowAbsolute`, no symlink leading outside.
+    /// Where a data source lives: its path with symlinks resolved, and the data root it lies in
+    /// (also resolved; nil for an absolute path the caller allowed outside every root).
+    public struct Location: Sendable, Equatable {
+        public var path: String
+        public var root: String?
+        /// `file` as a user should see it: relative to the data root when it lies inside it.
+        public func display(_ file: String) -> String {
+            guard let root else { return file }
+            if file == root { return "." }
+            return file.hasPrefix(root + "/") ? String(file.dropFirst(root.count + 1)) : file
+        }
+    }
+
+    /// The path of `relative` inside the first root that has it, symlinks resolved (see `locate`).
     public static func resolve(_ relative: String, roots: [String], allowAbsolute: Bool) throws(DataError) -> String {
+        try locate(relative, roots: roots, allowAbsolute: allowAbsolute).path
+    }
+
+    /// Finds `relative` inside the first root that has it. Paths are confined to the roots: no
+    /// NUL or control characters, no `..`, no absolute path unless `allowAbsolute`, no symlink
+    /// leading outside. The path returned has its symlinks resolved: that is the path to open
+    /// (the readers check again, on the opened descriptor, that it is still inside the root).
+    /// Error messages name the path as the user gave it, never the server's roots.
+    public static func locate(_ relative: String, roots: [String], allowAbsolute: Bool) throws(DataError) -> Location {
+        guard !relative.isEmpty else { throw DataError(file: relative, "the dataset path is empty") }
+        guard relative.unicodeScalars.allSatisfy({ $0.value >= 0x20 && !(0x7f...0x9f).contains($0.value) }) else {
+            throw DataError(file: relative.debugDescription, "dataset paths must not contain NUL or other control characters")
+        }
+        let fm = FileManager.default
         if relative.hasPrefix("/") {
-            if allowAbsolute { return relative }
+            if allowAbsolute { return Location(path: relative, root: nil) }
             // An absolute path is accepted only where it (symlinks resolved) lies inside a root.
             let real = URL(fileURLWithPath: relative).resolvingSymlinksInPath().path
             for root in roots {
                 let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
-                if real.hasPrefix(realRoot + "/") && FileManager.default.fileExists(atPath: real) { return real }
+                if real.hasPrefix(realRoot + "/") && fm.fileExists(atPath: real) { return Location(path: real, root: realRoot) }
             }
-            throw DataError(file: relative, "absolute paths must lie inside a data root (\(roots.joined(separator: ", ")))")
+            throw DataError(file: relative, "absolute paths must lie inside a data root (GET /v1/info lists them)")
         }
         guard !relative.split(separator: "/").contains("..") else { throw DataError(file: relative, "'..' is not allowed in dataset paths") }
         for root in roots {
             let candidate = (root as NSString).appendingPathComponent(relative)
-            guard FileManager.default.fileExists(atPath: candidate) else { continue }
+            guard fm.fileExists(atPath: candidate) else { continue }
             let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
             let real = URL(fileURLWithPath: candidate).resolvingSymlinksInPath().path
             guard real == realRoot || real.hasPrefix(realRoot + "/") else {
-                throw DataError(file: relative, "resolves outside the data root \(root)")
+                throw DataError(file: relative, "resolves outside its data root")
             }
-            return candidate
+            return Location(path: real, root: realRoot)
         }
-        throw DataError(file: relative, "not found under the data roots (\(roots.joined(separator: ", ")))")
+        throw DataError(file: relative, "not found under the data roots (GET /v1/info lists them)")
     }
 
     /// Loads a data source (`limit` applied). `size` is the side length image folders are stored at.
+    /// Files are opened through `Readers.openFile(_:within:)`, which checks on the open descriptor
+    /// that the file is still inside the root (a symlink swapped since `locate` is not followed
+    /// out). Errors name files relative to the data root.
     public static func load(_ source: JobSpec.DataSource, roots: [String], size: Int, allowAbsolute: Bool = true) throws(DataError) -> ImageDataset {
-        let path = try resolve(source.path, roots: roots, allowAbsolute: allowAbsolute)
+        let location = try locate(source.path, roots: roots, allowAbsolute: allowAbsolute)
+        do {
+            return try load(source, at: location, size: size)
+        } catch {
+            throw DataError(file: location.display(error.file), error.message)
+        }
+    }
+
+    static func load(_ source: JobSpec.DataSource, at location: Location, size: Int) throws(DataError) -> ImageDataset {
+        let path = location.path, root = location.root
         let ds: ImageDataset
         switch source.format {
         case "idx":
@@ -46,19 +84,19 @@ public enum DataSources {
                 }
                 throw DataError(file: path + "/" + name, "missing (looked for \(name) and \(name).gz)")
             }
-            ds = try Readers.idx(images: try pick("\(prefix)-images-idx3-ubyte"), labels: try? pick("\(prefix)-labels-idx1-ubyte"))
+            ds = try Readers.idx(images: try pick("\(prefix)-images-idx3-ubyte"), labels: try? pick("\(prefix)-labels-idx1-ubyte"), within: root)
         case "cifar10":
             let names = source.split == "test" ? ["test_batch.bin"] : (1...5).map { "data_batch_\($0).bin" }
-            ds = try Readers.cifar(files: names.map { path + "/" + $0 }, hundred: false)
+            ds = try Readers.cifar(files: names.map { path + "/" + $0 }, hundred: false, within: root)
         case "cifar100":
-            ds = try Readers.cifar(files: [path + "/" + (source.split == "test" ? "test.bin" : "train.bin")], hundred: true)
+            ds = try Readers.cifar(files: [path + "/" + (source.split == "test" ? "test.bin" : "train.bin")], hundred: true, within: root)
         case "folder":
             var isDir: ObjCBool = false
             let sub = path + "/" + source.split
             let dir = FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : path
-            ds = try Readers.imageFolder(dir, size: size)
+            ds = try Readers.imageFolder(dir, size: size, within: root)
         case "npy":
-            ds = try Readers.npy(path)
+            ds = try Readers.npy(path, within: root)
         default:
             throw DataError(file: source.path, "unknown format \(source.format)")
         }
