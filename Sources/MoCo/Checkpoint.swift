@@ -27,6 +27,13 @@ public struct CheckpointInfo: Sendable, Equatable, Codable {
     public var knnTop1: Double?
     public var spec: JobSpec
     public var created: Date
+    /// Taken on the last step of an epoch before that epoch's scheduled evaluation ran (a stop
+    /// landed there): a resume runs the evaluation first, so none is lost or run twice.
+    public var evalDue: Bool = false
+
+    public init(step: Int, epoch: Int, knnTop1: Double?, spec: JobSpec, created: Date, evalDue: Bool = false) {
+        self.step = step; self.epoch = epoch; self.knnTop1 = knnTop1; self.spec = spec; self.created = created; self.evalDue = evalDue
+    }
 }
 
 /// Full training state in a safetensors file: both encoders with their heads and BN buffers,
@@ -54,6 +61,7 @@ public enum Checkpoint {
         var meta = ["format": formatVersion, "spec": info.spec.canonicalJSON(), "step": String(info.step), "epoch": String(info.epoch),
                     "created": ISO8601DateFormatter().string(from: info.created)]
         if let k = info.knnTop1 { meta["knn_top1"] = String(k) }
+        if info.evalDue { meta["eval_due"] = "true" }
         return SafeTensorsFile(tensors: tensors, metadata: meta)
     }
 
@@ -94,7 +102,8 @@ public enum Checkpoint {
             return Int(v)
         }
         return CheckpointInfo(step: try int("step"), epoch: try int("epoch"), knnTop1: file.metadata["knn_top1"].flatMap(Double.init),
-                              spec: spec, created: file.metadata["created"].flatMap { ISO8601DateFormatter().date(from: $0) } ?? Date())
+                              spec: spec, created: file.metadata["created"].flatMap { ISO8601DateFormatter().date(from: $0) } ?? Date(),
+                              evalDue: file.metadata["eval_due"] == "true")
     }
 
     /// Restores model, optimizer and generator from a checkpoint file image.

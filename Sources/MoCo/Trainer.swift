@@ -103,18 +103,23 @@ public final class Trainer {
         var shuffleRNG = SeededGenerator(seed: StreamSeed.mix(spec.seed, 2))
         var step = 0
         var bestKNN: Double?
+        var resumedEvalDue = false
         if let resume {
             let info = try Checkpoint.restore(SafeTensorsFile.read(from: resume), model: model, optimizer: opt, rng: &shuffleRNG)
             step = info.step
             bestKNN = info.knnTop1
-            emit(.message("resumed from \(resume.lastPathComponent) at step \(step)"))
+            resumedEvalDue = info.evalDue
+            emit(.message("resumed from \(resume.lastPathComponent) at step \(step)" + (info.evalDue ? " (its epoch's evaluation is still due)" : "")))
         }
         let loader = BatchLoader(dataset: train, augment: augmentConfig, batchSize: spec.optim.batch_size, views: 2,
                                  seed: spec.seed, workers: workers)
         let perEpoch = loader.batchesPerEpoch
         let total = perEpoch * spec.optim.epochs
         emit(.started(totalSteps: total, startStep: step, warnings: preflight.warnings))
-        let metrics = try MetricsWriter(url: outDirectory.appendingPathComponent("metrics.jsonl"), truncateAfterStep: step)
+        // An evaluation still due at the checkpoint's step is run again below: drop any point of
+        // it a crash left behind, so it appears exactly once.
+        let metrics = try MetricsWriter(url: outDirectory.appendingPathComponent("metrics.jsonl"), truncateAfterStep: step,
+                                        dropEvaluationAtStep: resumedEvalDue)
         let base = spec.effectiveLearningRate
         let schedule = spec.schedule
         let chance = log(Double(spec.moco.queue + 1))
@@ -122,15 +127,57 @@ public final class Trainer {
         let started = Date()
         let firstStep = step
         var lastCheckpointStep = -1
+        var lastCheckpointEvalDue = false
 
-        func checkpoint(epoch: Int, knn: Double?) throws {
+        /// Whether an evaluation is scheduled once `done` epochs are complete.
+        func evaluationScheduled(after done: Int) -> Bool {
+            guard eval != nil, let e = spec.eval, done >= 1 else { return false }
+            return done % e.every_epochs == 0 || done == spec.optim.epochs
+        }
+
+        func checkpoint(epoch: Int, knn: Double?, evalDue: Bool) throws {
             emit(.checkpointing(step: step))
-            let info = CheckpointInfo(step: step, epoch: epoch, knnTop1: knn, spec: spec, created: Date())
+            let info = CheckpointInfo(step: step, epoch: epoch, knnTop1: knn, spec: spec, created: Date(), evalDue: evalDue)
             let url = store.directory.appendingPathComponent(Checkpoint.fileName(epoch: epoch, step: step))
             let digest = try Checkpoint.write(Checkpoint.encode(model: model, optimizer: opt, info: info, rng: shuffleRNG), to: url)
             store.prune()
             lastCheckpointStep = step
+            lastCheckpointEvalDue = evalDue
             emit(.checkpointed(url, sha256: digest))
+        }
+
+        /// A checkpoint between steps (every N steps, or a stop): on an epoch's last step it
+        /// records whether that epoch's evaluation is still to run.
+        func checkpointMidEpoch() throws {
+            let due = perEpoch > 0 && step % perEpoch == 0 && evaluationScheduled(after: step / perEpoch)
+            try checkpoint(epoch: step / perEpoch, knn: nil, evalDue: due)
+        }
+
+        /// The work after `done` epochs: the scheduled evaluation, then the epoch's checkpoint
+        /// (also when a checkpoint at this step was written before the evaluation ran).
+        func endOfEpoch(_ done: Int) throws {
+            var knn: Double?
+            if let eval, let e = spec.eval, evaluationScheduled(after: done) {
+                let t0 = Date()
+                let top1 = Evaluation.knn(model.encoderQ, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t)
+                knn = top1
+                bestKNN = max(bestKNN ?? -1, top1)
+                let point = MetricPoint(kind: "eval", step: step, epoch: done, total_steps: total, knn_top1: top1,
+                                        time: Date().timeIntervalSince1970)
+                try metrics.append(point)
+                emit(.evaluated(point))
+                emit(.message(String(format: "epoch %d: kNN top-1 %.2f%% (%.1f s)", done, top1, Date().timeIntervalSince(t0))))
+            }
+            let due = (spec.checkpoint.every_epochs.map { done % $0 == 0 } ?? false) || done == spec.optim.epochs
+            let stale = lastCheckpointStep == step && lastCheckpointEvalDue
+            if (due && lastCheckpointStep != step) || stale { try checkpoint(epoch: done, knn: knn, evalDue: false) }
+        }
+
+        if resumedEvalDue && perEpoch > 0 && step % perEpoch == 0 {
+            // The stop came after the epoch's last step but before its evaluation: run it now.
+            lastCheckpointStep = step
+            lastCheckpointEvalDue = true
+            try endOfEpoch(step / perEpoch)
         }
 
         var epoch = step / max(perEpoch, 1)
@@ -171,28 +218,14 @@ public final class Trainer {
                                         time: now.timeIntervalSince1970)
                 try metrics.append(point)
                 emit(.step(point))
-                if let every = spec.checkpoint.every_steps, step % every == 0 { try checkpoint(epoch: step / perEpoch, knn: nil) }
+                if let every = spec.checkpoint.every_steps, step % every == 0 { try checkpointMidEpoch() }
                 if shouldStop() || stopAfterSteps.map({ step >= $0 }) == true {
-                    if lastCheckpointStep != step { try checkpoint(epoch: step / perEpoch, knn: nil) }
+                    if lastCheckpointStep != step { try checkpointMidEpoch() }
                     return .stopped(step: step)
                 }
             }
             epoch += 1
-            var knn: Double?
-            if let eval, let e = spec.eval, epoch % e.every_epochs == 0 || epoch == spec.optim.epochs {
-                let t0 = Date()
-                knn = Evaluation.knn(model.encoderQ, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t)
-                bestKNN = max(bestKNN ?? -1, knn!)
-                let point = MetricPoint(kind: "eval", step: step, epoch: epoch, total_steps: total, knn_top1: knn,
-                                        time: Date().timeIntervalSince1970)
-                try metrics.append(point)
-                emit(.evaluated(point))
-                emit(.message(String(format: "epoch %d: kNN top-1 %.2f%% (%.1f s)", epoch, knn!, Date().timeIntervalSince(t0))))
-            }
-            let every = spec.checkpoint.every_epochs
-            if (every.map { epoch % $0 == 0 } ?? false) || epoch == spec.optim.epochs, lastCheckpointStep != step {
-                try checkpoint(epoch: epoch, knn: knn)
-            }
+            try endOfEpoch(epoch)
         }
         return .finished
     }
@@ -204,13 +237,14 @@ final class MetricsWriter {
     let handle: FileHandle
     let encoder = JSONEncoder()
 
-    init(url: URL, truncateAfterStep step: Int) throws {
+    /// `dropEvaluationAtStep`: also drop the evaluation point at `step` (it is due to run again).
+    init(url: URL, truncateAfterStep step: Int, dropEvaluationAtStep: Bool = false) throws {
         let fm = FileManager.default
         var kept = Data()
         if fm.fileExists(atPath: url.path), let old = try? String(contentsOf: url, encoding: .utf8) {
             for line in old.split(separator: "\n") {
                 if let p = try? JSONDecoder().decode(MetricPoint.self, from: Data(line.utf8)), p.step <= step,
-                   !(p.kind == "step" && step == 0) {
+                   !(p.kind == "step" && step == 0), !(dropEvaluationAtStep && p.kind == "eval" && p.step == step) {
                     kept.append(Data((line + "\n").utf8))
                 }
             }

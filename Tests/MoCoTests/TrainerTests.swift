@@ -92,6 +92,64 @@ func losses(_ dir: URL) -> [Double] {
         for (x, y) in zip(fa.tensors, fb.tensors) { #expect(x.tensor == y.tensor, "\(x.name) differs after resume") }
     }
 
+    /// A stop on the last step of each epoch (a pause or SIGTERM landing there) checkpoints
+    /// before the epoch's kNN evaluation; the resume runs it first. A 3-epoch job stopped at
+    /// every boundary has exactly 3 evaluation points, the same kNN figures as a straight run,
+    /// and a final checkpoint that no longer says an evaluation is due. (Regression: 0 points.)
+    @Test func evaluationsSurviveStopsAtEpochBoundaries() throws {
+        let straight = temporaryDirectory(), stopped = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: straight); try? FileManager.default.removeItem(at: stopped) }
+        let spec = tinySpec(epochs: 3)
+        #expect(try Trainer(spec: spec, train: train, eval: eval, outDirectory: straight).run() == .finished)
+        var resume: URL?
+        for boundary in [4, 8] {
+            let t = Trainer(spec: spec, train: train, eval: eval, outDirectory: stopped)
+            #expect(try t.run(resume: resume, stopAfterSteps: boundary) == .stopped(step: boundary))
+            let last = try #require(t.store.list().last)
+            #expect(last.step == boundary)
+            let info = try Checkpoint.info(of: SafeTensorsFile.read(from: last.url))
+            #expect(info.evalDue, "the checkpoint at step \(boundary) should record the evaluation as due")
+            resume = last.url
+        }
+        let final = Trainer(spec: spec, train: train, eval: eval, outDirectory: stopped)
+        #expect(try final.run(resume: resume) == .finished)
+        func evals(_ dir: URL) throws -> [MetricPoint] {
+            try String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+                .map { try JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }.filter { $0.kind == "eval" }
+        }
+        let a = try evals(straight), b = try evals(stopped)
+        #expect(b.map(\.epoch) == [1, 2, 3] && b.map(\.step) == [4, 8, 12])
+        #expect(a.map(\.knn_top1) == b.map(\.knn_top1))
+        for e in final.store.list() {
+            #expect(try !Checkpoint.info(of: SafeTensorsFile.read(from: e.url)).evalDue, "\(e.url.lastPathComponent) still has an evaluation due")
+        }
+        #expect(final.store.list().last?.knnTop1 != nil)
+    }
+
+    /// A crash after the resumed evaluation was written but before the checkpoint was rewritten:
+    /// the next resume runs it again and the metrics still hold it once.
+    @Test func evaluationIsNotDuplicatedByASecondResume() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let spec = tinySpec(epochs: 2)
+        let t = Trainer(spec: spec, train: train, eval: eval, outDirectory: dir)
+        #expect(try t.run(stopAfterSteps: 4) == .stopped(step: 4))
+        let ckpt = try #require(t.store.list().last).url
+        let saved = try Data(contentsOf: ckpt), digest = try Data(contentsOf: ckpt.appendingPathExtension("sha256"))
+        // Resume (the evaluation runs, the checkpoint is rewritten) and stop one step later, then
+        // put the old checkpoint back, as if the rewrite never happened, while metrics.jsonl keeps
+        // the evaluation line.
+        #expect(try Trainer(spec: spec, train: train, eval: eval, outDirectory: dir).run(resume: ckpt, stopAfterSteps: 5) == .stopped(step: 5))
+        #expect(try !Checkpoint.info(of: SafeTensorsFile.read(from: ckpt)).evalDue)
+        try saved.write(to: ckpt)
+        try digest.write(to: ckpt.appendingPathExtension("sha256"))
+        #expect(try Trainer(spec: spec, train: train, eval: eval, outDirectory: dir).run(resume: ckpt) == .finished)
+        let points = try String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+            .map { try JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }
+        #expect(points.filter { $0.kind == "eval" }.map(\.step) == [4, 8])
+        #expect(points.filter { $0.kind == "step" }.map(\.step) == Array(1...8))
+    }
+
     @Test func checkpointRoundTrip() throws {
         let spec = tinySpec()
         let trainer = Trainer(spec: spec, train: train, eval: nil, outDirectory: temporaryDirectory())
