@@ -12,6 +12,8 @@ import Glibc
 /// Requests are answered in order; while a response is being sent, later pipelined requests
 /// wait in the parser's buffer. Under a `CPUBudget` that is limiting, each read and write is
 /// charged its CPU time and a request may wait for its turn before it is parsed.
+/// At the server's connection cap, a connection that is only waiting for a request head may be
+/// reclaimed (closed) to admit a new client; see `waitingSince` and `reclaim()`.
 final class Connection: @unchecked Sendable {
     /// Safe to share: every mutable field is touched only on `queue`.
     let fd: Int32
@@ -28,6 +30,10 @@ final class Connection: @unchecked Sendable {
     /// When the current phase times out, in `DispatchTime` uptime nanoseconds; 0 = never.
     /// Written on `queue`, read by the server's sweeper.
     let deadline = Atomic<UInt64>(0)
+    /// Since when (`DispatchTime` uptime nanoseconds) the connection has been waiting for a
+    /// complete request head with nothing in progress (see `isReclaimable`); 0 while it is not.
+    /// Written on `queue`, read by the server when it reaches its connection cap.
+    let waitingSince = Atomic<UInt64>(0)
     private var output: [UInt8] = []
     private var outputOffset = 0
     private var file: (fd: Int32, remaining: Int64)?
@@ -67,18 +73,28 @@ final class Connection: @unchecked Sendable {
         self.logger = server.logger
         self.parser = RequestParser(limits: server.configuration.limits)
         self.queue = DispatchQueue(label: "mocod.http.connection")
+        // Waiting for its first request head from the moment it is accepted (not only once its
+        // queue has started it: under load a burst of new connections would otherwise all be
+        // unreclaimable, and the next client refused).
+        waitingSince.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
     }
 
     /// Answers a connection that will not be served (over the limit, shutting down) and closes it.
     static func refuse(_ fd: Int32, status: HTTPStatus, message: String) {
+        sendRefusal(fd, status: status, message: message)
+        Glibc.shutdown(fd, Int32(SHUT_WR))
+        Glibc.close(fd)
+    }
+
+    /// Sends a complete `Connection: close` error response in one non-blocking send, best effort:
+    /// whatever the socket does not take at once is dropped (the connection is closed next).
+    private static func sendRefusal(_ fd: Int32, status: HTTPStatus, message: String) {
         let r = HTTPResponse.error(status, code: status == .serviceUnavailable ? "unavailable" : "refused", message: message,
                                    headers: HTTPHeaders([("Connection", "close"), ("Retry-After", "1")]))
         if case .bytes(let b) = r.body, var bytes = try? ResponseSerializer.head(status, r.headers + [("Content-Length", String(b.count))]) {
             bytes += b
-            _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
         }
-        Glibc.shutdown(fd, Int32(SHUT_WR))
-        Glibc.close(fd)
     }
 
     func start() {
@@ -90,6 +106,7 @@ final class Connection: @unchecked Sendable {
             ws.setEventHandler { [weak self] in self?.metered { $0.flush() } }
             writeSource = ws
             arm(configuration.idleTimeout)
+            publishWaiting()
             rs.resume()
         }
     }
@@ -156,7 +173,9 @@ final class Connection: @unchecked Sendable {
     private var meterStart: Double?
 
     /// Runs an event handler, charging its CPU time to the server's budget if it has one.
+    /// Every read or write event ends by publishing whether the connection may be reclaimed.
     private func metered(_ body: (Connection) -> Void) {
+        defer { publishWaiting() }
         guard let budget = configuration.cpuBudget, budget.isLimited else { body(self); return }
         meterStart = CPUBudget.threadCPUTime()
         body(self)
@@ -213,6 +232,9 @@ final class Connection: @unchecked Sendable {
             case .head(let h):
                 granted = false
                 head = h
+                // A request is under way: from here until its response is written the connection
+                // is not reclaimable (published now, not at the end of the event: the handler may be long).
+                publishWaiting()
                 body = []
                 if phase != .head { phase = .head; requestStart = Date() }
                 if parser.inMessage {
@@ -331,6 +353,7 @@ final class Connection: @unchecked Sendable {
         streamState = nil
         enqueue(ResponseSerializer.lastChunk)
         flush()
+        publishWaiting()
     }
 
     // MARK: - Writing
@@ -399,6 +422,9 @@ final class Connection: @unchecked Sendable {
             }
             if busy || throttled { return }
             if sawEOF { close(); return }   // every complete request is answered
+            // Part of the next request is here: it keeps its header (or body) deadline; the
+            // idle timeout would give a pipelined half head six times as long.
+            if phase != .idle { return }
             arm(configuration.idleTimeout)
         } else if closeAfterFlush {
             close()
@@ -432,6 +458,7 @@ final class Connection: @unchecked Sendable {
             guard d != 0, DispatchTime.now().uptimeNanoseconds >= d else { return }   // re-armed meanwhile
             cancelTimer()
             timedOut()
+            publishWaiting()
         }
     }
 
@@ -456,10 +483,47 @@ final class Connection: @unchecked Sendable {
 
     func forceClose() { queue.async { [self] in close() } }
 
+    // MARK: - Reclaiming
+
+    /// Only waiting for a request head: no request parsed or being answered, nothing left to
+    /// write, no stream, no wait for the CPU budget (a throttled connection may hold a complete
+    /// request the server has not looked at yet), not closing. Closing it loses no request.
+    private var isReclaimable: Bool {
+        !closed && !busy && !throttled && !closeAfterFlush && streamState == nil && file == nil && head == nil
+            && (phase == .idle || phase == .head) && output.count == outputOffset
+    }
+
+    /// Publishes `waitingSince`: kept while the connection stays reclaimable (an idle keep-alive
+    /// connection that starts sending its next head has been waiting since it became idle), 0 otherwise.
+    private func publishWaiting() {
+        if !isReclaimable {
+            waitingSince.store(0, ordering: .relaxed)
+        } else if waitingSince.load(ordering: .relaxed) == 0 {
+            waitingSince.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
+        }
+    }
+
+    /// Called by the server (from its accept queue) after it dropped this connection from its set
+    /// to admit a new client at the cap. Closes it if it is still only waiting for a request head,
+    /// with a best-effort 503 if part of a head had arrived (an idle keep-alive connection just
+    /// closes, as at its idle timeout). If a request got under way since the server looked, it is
+    /// served: the server takes the connection back (see `HTTPServer.readmit`).
+    func reclaim() {
+        queue.async { [self] in
+            guard !closed else { return }   // closed on its own meanwhile: nothing to give back
+            guard isReclaimable else { server?.readmit(self); return }
+            if phase == .head { Self.sendRefusal(fd, status: .serviceUnavailable, message: "too many connections") }
+            logger.debug("reclaimed", metadata: ["http.phase": "\(phase == .head ? "head" : "idle")"])
+            server?.connectionReclaimed()
+            close()
+        }
+    }
+
     private func close() {
         guard !closed else { return }
         closed = true
         cancelTimer()
+        waitingSince.store(0, ordering: .relaxed)
         if let f = file { Glibc.close(f.fd); file = nil }
         streamState?.markClosed()
         streamState = nil

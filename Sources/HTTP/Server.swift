@@ -17,7 +17,8 @@ public struct ServerConfiguration: Sendable {
     public var bodyTimeout: Double = 10
     /// An idle keep-alive connection is closed after this long.
     public var idleTimeout: Double = 60
-    /// Connections beyond this are answered 503 and closed.
+    /// At this many connections, one that is only waiting for a request head (the longest waiting)
+    /// is closed to admit a new client; when none is, the new client is answered 503 and closed.
     public var maxConnections = 256
     /// How long `shutdown` lets in-flight requests finish.
     public var shutdownGrace: Double = 10
@@ -29,6 +30,9 @@ public struct ServerConfiguration: Sendable {
 /// A socket HTTP/1.1 server on POSIX sockets and Dispatch: non-blocking accept, a serial queue
 /// per connection, keep-alive and pipelining in order, limits and timeouts, graceful shutdown.
 /// Handlers run on the connection's queue (one request at a time per connection).
+/// At the connection cap, connections that are only waiting for a request head are reclaimed,
+/// longest waiting first, before a new client is refused: a client holding half-sent heads
+/// (slowloris) cannot lock the others out until the header timeout.
 public final class HTTPServer: @unchecked Sendable {
     /// Safe to share: the mutable fields are confined to `acceptQueue` (listener, connection set)
     /// or guarded by `lock` (counters read from other threads).
@@ -43,6 +47,7 @@ public final class HTTPServer: @unchecked Sendable {
     private var shuttingDown = false
     private let lock = NSLock()
     private var _connectionCount = 0
+    private var _reclaimedCount = 0
     public private(set) var port = 0
 
     public init(configuration: ServerConfiguration = ServerConfiguration(), logger: Logger = Logger(label: "mocod.http"),
@@ -58,6 +63,9 @@ public final class HTTPServer: @unchecked Sendable {
 
     /// Open connections right now.
     public var connectionCount: Int { lock.lock(); defer { lock.unlock() }; return _connectionCount }
+
+    /// Connections closed so far to admit a new client at the cap (each was waiting for a request head).
+    public var reclaimedCount: Int { lock.lock(); defer { lock.unlock() }; return _reclaimedCount }
 
     /// Binds and starts accepting; returns the bound port.
     @discardableResult
@@ -112,8 +120,23 @@ public final class HTTPServer: @unchecked Sendable {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            if shuttingDown || connections.count >= configuration.maxConnections {
-                Connection.refuse(fd, status: .serviceUnavailable, message: shuttingDown ? "shutting down" : "too many connections")
+            if shuttingDown {
+                Connection.refuse(fd, status: .serviceUnavailable, message: "shutting down")
+                continue
+            }
+            // At the cap, make room: a connection only waiting for a request head loses nothing by
+            // being closed, and without this one client holding half-sent heads locks everyone out
+            // until the header timeout. It leaves the set at once (so that the new client counts
+            // against the cap in its place) and is closed on its own queue, which looks again: a
+            // request that got under way meanwhile is served, and the set is one over the cap
+            // until a connection closes (`readmit`); the loop brings it back under the cap.
+            var full = connections.count >= configuration.maxConnections
+            while full, let victim = Self.longestWaiting(connections.lazy.map { ($0.key, $0.value.waitingSince.load(ordering: .relaxed)) }) {
+                connections.removeValue(forKey: victim)?.reclaim()
+                full = connections.count >= configuration.maxConnections
+            }
+            if full {
+                Connection.refuse(fd, status: .serviceUnavailable, message: "too many connections")
                 continue
             }
             let c = Connection(fd: fd, server: self)
@@ -132,7 +155,33 @@ public final class HTTPServer: @unchecked Sendable {
         }
     }
 
-    /// Called by a connection (on its own queue) once it has closed.
+    /// The connection to reclaim at the cap: the one that has waited longest for a request head
+    /// (the smallest nonzero uptime since which it waits; 0 is a connection that is not waiting).
+    /// Nil when none is waiting. A linear scan, only when the cap is reached: at most `maxConnections`.
+    static func longestWaiting<Key>(_ candidates: some Sequence<(Key, UInt64)>) -> Key? {
+        var best: (key: Key, since: UInt64)?
+        for (key, since) in candidates where since != 0 && since < best?.since ?? .max { best = (key, since) }
+        return best?.key
+    }
+
+    /// Called by a connection (on its own queue) when it is closed by `reclaim`.
+    func connectionReclaimed() {
+        lock.lock(); _reclaimedCount += 1; lock.unlock()
+    }
+
+    /// Called by a connection chosen for reclaiming (on its own queue) whose request got under way
+    /// before it could be closed: it is served, so it goes back into the set. Its removal when it
+    /// later closes is sent from the same queue, hence runs after this.
+    func readmit(_ c: Connection) {
+        acceptQueue.async {
+            self.connections[ObjectIdentifier(c)] = c
+            self.lock.lock(); self._connectionCount = self.connections.count; self.lock.unlock()
+            if self.shuttingDown { c.beginShutdown() }   // it missed the shutdown's round
+        }
+    }
+
+    /// Called by a connection (on its own queue) once it has closed. Idempotent: a reclaimed
+    /// connection has already left the set.
     func connectionClosed(_ c: Connection) {
         acceptQueue.async {
             self.connections.removeValue(forKey: ObjectIdentifier(c))

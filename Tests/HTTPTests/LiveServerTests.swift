@@ -227,6 +227,20 @@ func openFileDescriptors() -> Int { (try? FileManager.default.contentsOfDirector
         #expect(slow.isClosedByServer())
     }
 
+    /// A complete request followed by half of the next one: the half keeps the header deadline
+    /// (it used to get the 60 s idle timeout once the first response was written).
+    @Test func pipelinedHalfHeadKeepsTheHeaderTimeout() throws {
+        let s = try server { $0.headerTimeout = 0.5; $0.idleTimeout = 30 }
+        defer { s.shutdown() }
+        let c = try RawClient(port: s.port)
+        let start = Date()
+        c.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHo")
+        let rs = c.responses(2)
+        #expect(rs.map(\.status) == [200, 408])
+        #expect(c.isClosedByServer())
+        #expect(Date().timeIntervalSince(start) < 5, "closed after \(Date().timeIntervalSince(start)) s")
+    }
+
     @Test func bodyTimeoutAndIdleTimeout() throws {
         let s = try server { $0.bodyTimeout = 0.3; $0.idleTimeout = 0.3 }
         defer { s.shutdown() }
@@ -257,16 +271,29 @@ func openFileDescriptors() -> Int { (try? FileManager.default.contentsOfDirector
         #expect(throws: (any Error).self) { _ = try RawClient(port: s.port) }
     }
 
+    /// At the cap with every connection in the middle of a request, a new client gets 503 (and
+    /// the others are served); an idle keep-alive connection, though, makes room (reclaimed).
     @Test func maxConnectionsAnswered503() throws {
         let s = try server { $0.maxConnections = 2 }
         defer { s.shutdown() }
         let a = try RawClient(port: s.port), b = try RawClient(port: s.port)
-        a.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
-        b.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
-        _ = a.responses(1); _ = b.responses(1)
+        a.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\na")
+        b.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nb")
+        usleep(50_000)
         let c = try RawClient(port: s.port)
         c.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
         #expect(c.responses(1).first?.status == 503)
+        #expect(s.reclaimedCount == 0)
+        a.send("A")
+        #expect(a.responses(1).first?.body == Array("aA".utf8))
+        usleep(10_000)
+        b.send("B")
+        #expect(b.responses(1).first?.body == Array("bB".utf8))
+        let d = try RawClient(port: s.port)
+        d.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(d.responses(1).first?.status == 200)
+        #expect(a.isClosedByServer())   // the longest idle
+        #expect(s.reclaimedCount == 1)
     }
 
     @Test func fileDescriptorsReturnToBaseline() throws {
