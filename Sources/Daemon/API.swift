@@ -79,7 +79,7 @@ public final class API: Sendable {
 
     public func routes() -> Router {
         var r = Router()
-        r.add("GET", "/healthz") { _ in .json(["status": "ok"]) }
+        r.add("GET", "/healthz") { [self] _ in health() }
         r.add("GET", "/openapi.yaml") { [self] _ in HTTPResponse(contentType: "application/yaml", text: openAPI) }
         r.add("GET", "/v1/info") { [self] _ in info() }
         r.add("GET", "/metrics") { [self] _ in prometheus() }
@@ -92,11 +92,11 @@ public final class API: Sendable {
             }
         }
         r.add("DELETE", "/v1/jobs/{id}") { [self] req in
-            mapError { try scheduler.delete(req.pathParameters["id"]!); return HTTPResponse(status: .noContent) }
+            mapError { try scheduler.delete(try jobID(req)); return HTTPResponse(status: .noContent) }
         }
-        r.add("POST", "/v1/jobs/{id}/cancel") { [self] req in mapError { jobResponse(try scheduler.cancel(req.pathParameters["id"]!), status: .accepted) } }
-        r.add("POST", "/v1/jobs/{id}/pause") { [self] req in mapError { jobResponse(try scheduler.pause(req.pathParameters["id"]!), status: .accepted) } }
-        r.add("POST", "/v1/jobs/{id}/resume") { [self] req in mapError { jobResponse(try scheduler.resume(req.pathParameters["id"]!), status: .accepted) } }
+        r.add("POST", "/v1/jobs/{id}/cancel") { [self] req in mapError { jobResponse(try scheduler.cancel(try jobID(req)), status: .accepted) } }
+        r.add("POST", "/v1/jobs/{id}/pause") { [self] req in mapError { jobResponse(try scheduler.pause(try jobID(req)), status: .accepted) } }
+        r.add("POST", "/v1/jobs/{id}/resume") { [self] req in mapError { jobResponse(try scheduler.resume(try jobID(req)), status: .accepted) } }
         r.add("GET", "/v1/jobs/{id}/metrics") { [self] req in withJob(req) { try metrics($0, req) } }
         r.add("GET", "/v1/jobs/{id}/events") { [self] req in withJob(req) { events($0) } }
         r.add("GET", "/v1/jobs/{id}/loss.svg") { [self] req in withJob(req) { try lossSVG($0) } }
@@ -120,6 +120,7 @@ public final class API: Sendable {
             case .invalid: .badRequest
             case .unavailable: .serviceUnavailable
             case .internalError: .internalServerError
+            case .storage: .insufficientStorage
             }
             return .error(status, code: e.code.rawValue, message: e.message)
         } catch let e as SpecError {
@@ -137,17 +138,43 @@ public final class API: Sendable {
         }
     }
 
-    /// The job from the cache while the store has not been written since, else from the store.
+    /// The job from the cache while the store has not been written since, else from the store
+    /// (as the scheduler sees it: a decided end not yet stored shows). Ids are checked for their
+    /// shape first, so no other string reaches the store or a file name.
     func cachedJob(_ id: String) throws -> CachedJob? {
+        guard Self.isJobID(id) else { return nil }
         let generation = store.generation
-        if let c = jobCache.withLock({ $0[id] }), c.generation == generation { return c }
-        guard let record = try store.job(id) else { return nil }
+        let pending = scheduler.hasPendingTransitions
+        if !pending, let c = jobCache.withLock({ $0[id] }), c.generation == generation { return c }
+        guard let stored = try store.job(id) else { return nil }
+        let record = scheduler.current(stored)
         let c = CachedJob(generation: generation, record: record, json: jobJSON(record) + [0x0a])
+        if pending { return c }
         jobCache.withLock { cache in
             if cache.count >= 1024 { cache.removeAll() }
             cache[id] = c
         }
         return c
+    }
+
+    /// Job ids as the scheduler makes them: `job_` and 16 lowercase hex digits.
+    static func isJobID(_ id: String) -> Bool {
+        let u = Array(id.utf8)
+        return u.count == 20 && id.hasPrefix("job_") && u[4...].allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
+    /// A job id from the path, or 404 when it cannot be one.
+    func jobID(_ req: HTTPRequest) throws -> String {
+        let id = req.pathParameters["id"] ?? ""
+        guard Self.isJobID(id) else { throw JobError(.notFound, "no job \(id.debugDescription); ids look like job_0123456789abcdef") }
+        return id
+    }
+
+    /// `ok`, or `degraded` with the reason (the store cannot be written, a job's end is not yet
+    /// recorded). Still 200: reads keep working, and restarting the daemon would not help.
+    func health() -> HTTPResponse {
+        if let reason = scheduler.degradedReason { return .json(["status": "degraded", "reason": reason]) }
+        return .json(["status": "ok"])
     }
 
     // MARK: - Jobs
@@ -171,7 +198,8 @@ public final class API: Sendable {
             }
             let key = req.headers["Idempotency-Key"]
             if let key, key.isEmpty || key.count > 200 { throw JobError(.invalid, "Idempotency-Key must be 1 to 200 characters") }
-            let priority = Int(req.query["priority"] ?? "0") ?? 0
+            let priority = Int(req.query["priority"] ?? "0") ?? Int.min
+            guard (-1000...1000).contains(priority) else { throw JobError(.invalid, "priority must be an integer between -1000 and 1000") }
             let (job, created) = try scheduler.submit(body, idempotencyKey: key, priority: priority)
             return jobResponse(job, status: created ? .created : .ok, headers: HTTPHeaders([("Location", "/v1/jobs/\(job.id)")]))
         }
@@ -189,7 +217,7 @@ public final class API: Sendable {
             guard limit >= 1 && limit <= 500 else { throw JobError(.invalid, "limit must be between 1 and 500") }
             var cursor: Int64?
             if let c = q["cursor"], !c.isEmpty { guard let v = Int64(c) else { throw JobError(.invalid, "invalid cursor") }; cursor = v }
-            let jobs = try store.jobs(state: state, limit: limit, before: cursor)
+            let jobs = try store.jobs(state: state, limit: limit, before: cursor).map(scheduler.current)
             let next = jobs.count == limit ? jobs.last?.seq.map(String.init) : nil
             var body = Array(#"{"jobs":["#.utf8)
             for (i, j) in jobs.enumerated() { if i > 0 { body.append(0x2c) }; body += jobJSON(j) }
@@ -275,11 +303,16 @@ public final class API: Sendable {
             let token = scheduler.subscribe(id) { queue.push($0) }
             defer { scheduler.unsubscribe(id, token) }
             guard sse.send(event: "state", data: initial) else { return }
+            if scheduler.areStreamsClosed {
+                sse.send(event: "shutdown", data: #"{"reason":"the daemon is stopping"}"#)
+                return
+            }
             // A finished job has nothing more to say.
-            if let current = try? scheduler.store.job(id), current.state.isTerminal { return }
+            if let current = try? scheduler.job(id), current.state.isTerminal { return }
             while !sse.isClosed {
                 if let e = queue.pop(timeout: 15) {
                     guard sse.send(event: e.name, data: e.json) else { return }
+                    if e.name == "shutdown" { return }   // the daemon is stopping: end the stream now
                     if e.name == "state", let s = (try? JSONSerialization.jsonObject(with: Data(e.json.utf8)) as? [String: Any])?["state"] as? String,
                        JobState(rawValue: s)?.isTerminal == true { return }
                 } else if !sse.heartbeat() {
@@ -361,10 +394,20 @@ public final class API: Sendable {
 
     func prometheus() -> HTTPResponse {
         var out = "# HELP mocod_jobs Jobs by state.\n# TYPE mocod_jobs gauge\n"
-        for s in JobState.allCases { out += "mocod_jobs{state=\"\(s.rawValue)\"} \((try? store.count(by: s)) ?? 0)\n" }
+        var counts = Dictionary(uniqueKeysWithValues: JobState.allCases.map { ($0, (try? store.count(by: $0)) ?? 0) })
+        if scheduler.hasPendingTransitions {   // decided ends not yet stored count in their new state
+            for j in (try? store.jobs(state: .running, limit: 10_000)) ?? [] {
+                let now = scheduler.current(j).state
+                if now != .running { counts[.running, default: 0] -= 1; counts[now, default: 0] += 1 }
+            }
+        }
+        for s in JobState.allCases { out += "mocod_jobs{state=\"\(s.rawValue)\"} \(counts[s] ?? 0)\n" }
+        out += "# HELP mocod_degraded Whether the daemon is degraded (see /healthz for the reason).\n# TYPE mocod_degraded gauge\n"
+        out += "mocod_degraded \(scheduler.degradedReason == nil ? 0 : 1)\n"
         out += "# HELP mocod_training_steps_total Training steps run since the daemon started.\n# TYPE mocod_training_steps_total counter\n"
         out += "mocod_training_steps_total \(scheduler.stepsTotal)\n"
-        let ips = ((try? store.jobs(state: .running, limit: 100)) ?? []).compactMap(\.imagesPerSecond).reduce(0, +)
+        let ips = ((try? store.jobs(state: .running, limit: 100)) ?? []).map(scheduler.current).filter { $0.state == .running }
+            .compactMap(\.imagesPerSecond).reduce(0, +)
         out += "# HELP mocod_images_per_second Training throughput of running jobs.\n# TYPE mocod_images_per_second gauge\nmocod_images_per_second \(ips)\n"
         if let budget {
             let w = budget.waited

@@ -64,21 +64,21 @@ components:
           required: [path]
           properties:
             format: {type: string, enum: [idx, cifar10, cifar100, folder, npy]}
-            path: {type: string, minLength: 1}
-            split: {type: string}
-            limit: {type: [integer, 'null'], minimum: 1}
+            path: {type: string, minLength: 1, maxLength: 4096, pattern: '^[^\x00-\x1f\x7f-\x9f]*$', description: Relative to a data root (no NUL or control characters).}
+            split: {type: string, description: 'train, test, or (folder) a plain subfolder name.'}
+            limit: {type: [integer, 'null'], minimum: 1, maximum: 2147483648}
         eval:
           type: [object, 'null']
           additionalProperties: false
           required: [path]
           properties:
             format: {type: string, enum: [idx, cifar10, cifar100, folder, npy]}
-            path: {type: string, minLength: 1}
+            path: {type: string, minLength: 1, maxLength: 4096, pattern: '^[^\x00-\x1f\x7f-\x9f]*$'}
             split: {type: string}
-            limit: {type: [integer, 'null'], minimum: 1}
+            limit: {type: [integer, 'null'], minimum: 1, maximum: 2147483648}
             knn_k: {type: integer, minimum: 1, maximum: 10000}
-            knn_t: {type: number, exclusiveMinimum: 0}
-            every_epochs: {type: integer, minimum: 1}
+            knn_t: {type: number, minimum: 0.0001, maximum: 100}
+            every_epochs: {type: integer, minimum: 1, maximum: 10000}
         model:
           type: object
           additionalProperties: false
@@ -93,10 +93,10 @@ components:
           type: object
           additionalProperties: false
           properties:
-            queue: {type: integer, minimum: 1}
+            queue: {type: integer, minimum: 1, maximum: 262144}
             momentum: {type: number, minimum: 0, exclusiveMaximum: 1}
-            temperature: {type: number, exclusiveMinimum: 0}
-            bn_splits: {type: integer, minimum: 1}
+            temperature: {type: number, minimum: 0.0001, maximum: 100}
+            bn_splits: {type: integer, minimum: 1, maximum: 4096, description: Divides batch_size and leaves at least 2 images per split.}
             symmetric: {type: boolean}
         augment:
           type: object
@@ -104,8 +104,8 @@ components:
           properties:
             preset: {type: string, enum: [v2, v1, none]}
             size: {type: integer, minimum: 8, maximum: 256}
-            mean: {type: [array, 'null'], items: {type: number}}
-            std: {type: [array, 'null'], items: {type: number, exclusiveMinimum: 0}}
+            mean: {type: [array, 'null'], items: {type: number, minimum: -1000000, maximum: 1000000}}
+            std: {type: [array, 'null'], items: {type: number, minimum: 0.000001, maximum: 1000000}}
         optim:
           type: object
           additionalProperties: false
@@ -114,21 +114,21 @@ components:
             epochs: {type: integer, minimum: 1, maximum: 1000}
             lr: {type: number, exclusiveMinimum: 0}
             lr_scaling: {type: string, enum: [linear, none]}
-            weight_decay: {type: number, minimum: 0}
+            weight_decay: {type: number, minimum: 0, maximum: 1}
             momentum: {type: number, minimum: 0, exclusiveMaximum: 1}
             schedule: {type: string, enum: [cosine, cosine_step, step, constant]}
-            milestones: {type: array, items: {type: integer}}
-            warmup_epochs: {type: integer, minimum: 0}
+            milestones: {type: array, maxItems: 100, items: {type: integer, minimum: 1, maximum: 10000}}
+            warmup_epochs: {type: integer, minimum: 0, maximum: 10000, description: Below epochs.}
         checkpoint:
           type: object
           additionalProperties: false
           properties:
-            every_epochs: {type: [integer, 'null'], minimum: 1}
-            every_steps: {type: [integer, 'null'], minimum: 1}
-            keep_last: {type: integer, minimum: 1}
-            keep_best: {type: integer, minimum: 0}
-        seed: {type: integer, minimum: 0}
-        threads: {type: integer, minimum: 1}
+            every_epochs: {type: [integer, 'null'], minimum: 1, maximum: 10000}
+            every_steps: {type: [integer, 'null'], minimum: 1, maximum: 1099511627776}
+            keep_last: {type: integer, minimum: 1, maximum: 1000}
+            keep_best: {type: integer, minimum: 0, maximum: 1000}
+        seed: {type: integer, minimum: 0, maximum: 18446744073709551615}
+        threads: {type: integer, minimum: 1, maximum: 256}
     Job:
       type: object
       required: [id, name, state, priority, created_at, progress, links, spec]
@@ -168,14 +168,22 @@ components:
 paths:
   /healthz:
     get:
-      summary: Liveness.
+      summary: Liveness, and whether the daemon is degraded.
+      description: >-
+        Always 200 while the daemon answers. `degraded` (with the reason) while the job store cannot be written
+        (disk full, read-only, I/O errors) or a job's end is decided but not yet stored; writes then answer 507.
       security: []
       responses:
         '200':
           description: Alive.
           content:
             application/json:
-              schema: {type: object, properties: {status: {type: string}}}
+              schema:
+                type: object
+                required: [status]
+                properties:
+                  status: {type: string, enum: [ok, degraded]}
+                  reason: {type: string}
   /openapi.yaml:
     get:
       summary: This document.
@@ -215,7 +223,7 @@ paths:
       summary: Submit a job.
       parameters:
         - {name: dry_run, in: query, schema: {type: boolean}, description: Validate and estimate only; creates nothing.}
-        - {name: priority, in: query, schema: {type: integer}, description: Higher runs first.}
+        - {name: priority, in: query, schema: {type: integer, minimum: -1000, maximum: 1000}, description: Higher runs first.}
         - {name: Idempotency-Key, in: header, schema: {type: string, minLength: 1, maxLength: 200}}
       requestBody:
         required: true
@@ -235,6 +243,7 @@ paths:
         '415': {$ref: '#/components/responses/Error'}
         '422': {$ref: '#/components/responses/Error'}
         '503': {$ref: '#/components/responses/Error'}
+        '507': {$ref: '#/components/responses/Error'}
     get:
       summary: List jobs, newest first.
       parameters:
@@ -261,6 +270,7 @@ paths:
         '200': {description: The job., content: {application/json: {schema: {$ref: '#/components/schemas/Job'}}}}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
     delete:
       summary: Delete a finished job and its files.
       responses:
@@ -268,6 +278,8 @@ paths:
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
         '409': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
+        '507': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/cancel:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     post:
@@ -277,6 +289,8 @@ paths:
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
         '409': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
+        '507': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/pause:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     post:
@@ -286,6 +300,8 @@ paths:
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
         '409': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
+        '507': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/resume:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     post:
@@ -295,6 +311,8 @@ paths:
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
         '409': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
+        '507': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/metrics:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     get:
@@ -318,17 +336,18 @@ paths:
       summary: Server-Sent Events (state, metric, eval, checkpoint), live.
       responses:
         '200':
-          description: 'An event stream: events `state`, `metric`, `eval` and `checkpoint`, each with JSON `data`.'
+          description: 'An event stream: events `state`, `metric`, `eval` and `checkpoint`, each with JSON `data`; a final `shutdown` when the daemon stops.'
           content:
             text/event-stream:
               schema:
                 type: object
                 properties:
-                  event: {type: string, enum: [state, metric, eval, checkpoint]}
+                  event: {type: string, enum: [state, metric, eval, checkpoint, shutdown]}
                   data: {type: string}
                   id: {type: string}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/loss.svg:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     get:
@@ -337,6 +356,7 @@ paths:
         '200': {description: SVG., content: {image/svg+xml: {schema: {type: string}}}}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/checkpoints:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     get:
@@ -349,6 +369,7 @@ paths:
               schema: {type: object, properties: {checkpoints: {type: array, items: {$ref: '#/components/schemas/Checkpoint'}}}}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/checkpoints/{name}:
     parameters:
       - {$ref: '#/components/parameters/JobId'}
@@ -373,5 +394,6 @@ paths:
         '200': {description: Text., content: {text/plain: {schema: {type: string}}}}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
+        '400': {$ref: '#/components/responses/Error'}
 """#
 }

@@ -38,8 +38,17 @@ public final class Scheduler: @unchecked Sendable {
     /// Creates the training threads, so they inherit its normal priority (see `run`).
     private let launcher = Launcher()
     private var stopRequests: [String: JobEvent] = [:]
+    /// Why a running job must stop on its own account (its progress could not be stored).
+    private var jobFaults: [String: String] = [:]
+    /// Transitions decided but not yet in the store (it refused the write): retried until they
+    /// land; meanwhile reads show the job in its new state (see `current`).
+    private var pendingTransitions: [String: PendingTransition] = [:]
     private var subscribers: [String: [UUID: @Sendable (JobStreamEvent) -> Void]] = [:]
     private var accepting = true
+    private var streamsClosed = false
+    private var lastProbe = Date.distantPast
+    /// Set once `closeStreams` ran: a stream opened later ends at once.
+    public var areStreamsClosed: Bool { lock.lock(); defer { lock.unlock() }; return streamsClosed }
     public let started = Date()
     public private(set) var stepsTotal = 0
 
@@ -52,6 +61,51 @@ public final class Scheduler: @unchecked Sendable {
         self.logger = logger
         self.onRunningCountChange = onRunningCountChange
     }
+
+    /// A transition the store has not taken yet.
+    struct PendingTransition: Sendable {
+        var event: JobEvent
+        var reason: String
+        var since: Date
+    }
+
+    // MARK: - Health
+
+    /// `nil` when the daemon is healthy; otherwise why it is degraded (the store cannot be
+    /// written, or a job's end is not yet recorded).
+    public var degradedReason: String? {
+        lock.lock()
+        let pending = pendingTransitions
+        // After a failed write with nothing left to retry, a probe (at most once a second)
+        // finds out whether the store can be written again.
+        let probe = pending.isEmpty && store.writeFailure != nil && Date().timeIntervalSince(lastProbe) >= 1
+        if probe { lastProbe = Date() }
+        lock.unlock()
+        if probe { try? store.probeWrite() }
+        if let (id, p) = pending.min(by: { $0.value.since < $1.value.since }) {
+            return "\(store.writeFailure ?? "the job store cannot be written"); \(pending.count) job transition(s) not yet recorded "
+                + "(oldest: \(id) \(p.event.rawValue) since \(ISO8601DateFormatter().string(from: p.since))); retrying"
+        }
+        return store.writeFailure
+    }
+
+    /// The job as clients should see it: the stored record with any transition that is decided
+    /// but not yet stored applied, so a job whose trainer has ended never reads as running.
+    public func current(_ record: JobRecord) -> JobRecord {
+        lock.lock(); let p = pendingTransitions[record.id]; lock.unlock()
+        guard let p, case .success(let next) = Lifecycle.next(record.state, p.event) else { return record }
+        var j = record
+        j.state = next
+        if next.isTerminal { j.finishedAt = j.finishedAt ?? p.since }
+        if next == .failed { j.failureReason = p.reason }
+        return j
+    }
+
+    /// Whether any job has a transition waiting for the store (reads must not be cached then).
+    public var hasPendingTransitions: Bool { lock.lock(); defer { lock.unlock() }; return !pendingTransitions.isEmpty }
+
+    /// The job by id as clients should see it (see `current`).
+    public func job(_ id: String) throws -> JobRecord? { try store.job(id).map(current) }
 
     // MARK: - Submission
 
@@ -120,14 +174,16 @@ public final class Scheduler: @unchecked Sendable {
     /// A running job stops at its next step (after a checkpoint); any other goes through the
     /// state machine at once.
     private func stop(_ id: String, _ event: JobEvent, reason: String) throws -> JobRecord {
-        guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
-        if j.state == .running { return try requestStop(id, event) }
+        guard let j = try job(id) else { throw JobError(.notFound, "no job \(id)") }
+        if j.state == .running && isRunning(id) { return try requestStop(id, event) }
+        try refuseWhileEnding(id)
         let r = try store.apply(event, to: id, reason: reason)
         publishState(r, reason: reason)
         return r
     }
 
     public func resume(_ id: String) throws -> JobRecord {
+        try refuseWhileEnding(id)
         let r = try store.apply(.resume, to: id, reason: "resumed by request")
         publishState(r, reason: "resumed by request")
         schedule()
@@ -139,12 +195,24 @@ public final class Scheduler: @unchecked Sendable {
         lock.lock()
         stopRequests[id] = event
         lock.unlock()
-        guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
+        guard let j = try job(id) else { throw JobError(.notFound, "no job \(id)") }
         return j
     }
 
+    private func isRunning(_ id: String) -> Bool { lock.lock(); defer { lock.unlock() }; return running.contains(id) }
+
+    /// A job whose end is decided but not yet stored takes no other transition meanwhile.
+    private func refuseWhileEnding(_ id: String) throws {
+        lock.lock(); let p = pendingTransitions[id]; lock.unlock()
+        if let p {
+            throw JobError(.storage, "job \(id) has ended (\(p.event.rawValue): \(p.reason)) but the store cannot record it yet: "
+                + (store.writeFailure ?? "retrying"))
+        }
+    }
+
     public func delete(_ id: String) throws {
-        guard let j = try store.job(id) else { throw JobError(.notFound, "no job \(id)") }
+        guard let j = try job(id) else { throw JobError(.notFound, "no job \(id)") }
+        try refuseWhileEnding(id)
         guard j.state.isTerminal else { throw JobError(.invalidState, "only finished jobs can be deleted; this one is \(j.state.rawValue)") }
         try store.delete(id)
         try? FileManager.default.removeItem(at: settings.jobDirectory(id))
@@ -186,7 +254,15 @@ public final class Scheduler: @unchecked Sendable {
         for id in running { stopRequests[id] = .interrupt }
         lock.unlock()
         let deadline = Date().addingTimeInterval(timeout)
-        while runningCount > 0 && Date() < deadline { usleep(50_000) }
+        while (runningCount > 0 || hasPendingTransitions) && Date() < deadline { usleep(50_000) }
+    }
+
+    /// Ends every live event stream with a final `shutdown` event (the daemon is stopping).
+    public func closeStreams() {
+        lock.lock(); streamsClosed = true; let all = subscribers; lock.unlock()
+        for (_, subs) in all {
+            for s in subs.values { s(JobStreamEvent(name: "shutdown", json: #"{"reason":"the daemon is stopping"}"#)) }
+        }
     }
 
     public var isAccepting: Bool { lock.lock(); defer { lock.unlock() }; return accepting }
@@ -230,45 +306,109 @@ public final class Scheduler: @unchecked Sendable {
             if let resume { log.info("resuming", metadata: ["checkpoint": "\(resume.lastPathComponent)"]) }
             let result = try trainer.run(resume: resume) { [self] in
                 lock.lock(); defer { lock.unlock() }
-                return stopRequests[id] != nil
+                return stopRequests[id] != nil || jobFaults[id] != nil
             }
-            flush(id, &pending)
+            flush(id, &pending, log: log)
             return result
         }
         lock.lock()
         let requested = stopRequests.removeValue(forKey: id)
-        running.remove(id)
-        onRunningCountChange(running.count)
+        let fault = jobFaults.removeValue(forKey: id)
         lock.unlock()
-        let (event, reason): (JobEvent, String) = switch outcome {
+        var (event, reason): (JobEvent, String) = switch outcome {
         case .success(.finished): (.finish, "finished all epochs")
         case .success(.stopped): requested.map { ($0, $0 == .interrupt ? "daemon stopping; checkpointed" : "\($0.rawValue) by request; checkpointed") }
             ?? (.interrupt, "stopped")
         case .success(.failed(let why)): (.fail, why)
         case .failure(let error): (.fail, "\(error)")
         }
-        if let j = try? store.apply(event, to: id, reason: reason) { publishState(j, reason: reason) }
-        log.info("job ended", metadata: ["job.state": "\(event.rawValue)", "job.reason": "\(reason)"])
+        // Progress that could not be stored fails the job, whatever the trainer made of the stop.
+        if let fault, event != .fail { (event, reason) = (.fail, fault) }
+        reason = publicReason(reason, job: id)
+        endJob(id, event, reason: reason, log: log)
         schedule()
+    }
+
+    /// Records a job's end: the transition is applied before the slot is given back, and
+    /// retried (with back-off) while the store refuses it, so the end is never lost and the
+    /// job never reads as running meanwhile (see `current`).
+    private func endJob(_ id: String, _ event: JobEvent, reason: String, log: Logger) {
+        lock.lock()
+        pendingTransitions[id] = PendingTransition(event: event, reason: reason, since: Date())
+        running.remove(id)
+        onRunningCountChange(running.count)
+        lock.unlock()
+        var delay = 0.1
+        var warned = false
+        while true {
+            do {
+                let j = try store.apply(event, to: id, reason: reason)
+                lock.lock(); pendingTransitions[id] = nil; lock.unlock()
+                publishState(j, reason: reason)
+                log.info("job ended", metadata: ["job.state": "\(j.state.rawValue)", "job.reason": "\(reason)"])
+                return
+            } catch let e as JobError where e.code != .storage {
+                // The job changed under us (deleted, or no longer running): nothing to record.
+                lock.lock(); pendingTransitions[id] = nil; lock.unlock()
+                log.warning("job end not recorded", metadata: ["error": "\(e)"])
+                return
+            } catch {
+                if !warned {
+                    log.error("cannot record the job's end; retrying until the store can be written",
+                              metadata: ["job.event": "\(event.rawValue)", "error": "\(error)"])
+                    warned = true
+                }
+                Thread.sleep(forTimeInterval: delay)
+                delay = min(delay * 2, 2)
+            }
+        }
+    }
+
+    /// A failure reason as clients see it: files named relative to the job directory or the data
+    /// root they lie in, never by the server's absolute paths.
+    func publicReason(_ reason: String, job id: String) -> String {
+        var out = reason
+        let dir = settings.jobDirectory(id).standardizedFileURL.path
+        var prefixes = [(dir + "/", ""), (dir, ".")]
+        for root in settings.dataRoots {
+            let real = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
+            prefixes += [(real + "/", ""), (root + "/", "")]
+        }
+        let dataDir = settings.dataDirectory.standardizedFileURL.path
+        prefixes.append((dataDir + "/", ""))
+        for (prefix, replacement) in prefixes.sorted(by: { $0.0.count > $1.0.count }) where prefix.count > 1 {
+            out = out.replacingOccurrences(of: prefix, with: replacement)
+        }
+        return out
+    }
+
+    /// A store write for a running job failed: the job stops at its next step and fails.
+    private func fault(_ id: String, _ error: Error, while doing: String, log: Logger) {
+        let why = (error as? JobError)?.message ?? "\(error)"
+        lock.lock()
+        let first = jobFaults[id] == nil
+        if first { jobFaults[id] = "could not \(doing): \(why)" }
+        lock.unlock()
+        if first { log.error("job store write failed; stopping the job", metadata: ["error": "\(why)"]) }
     }
 
     private func handle(_ event: TrainingEvent, job id: String, pending: inout [MetricPoint], lastFlush: inout Date, log: Logger) {
         switch event {
         case .started(let total, _, let warnings):
-            try? store.updateProgress(id) { $0.totalSteps = total }
+            do { try store.updateProgress(id) { $0.totalSteps = total } } catch { fault(id, error, while: "record progress", log: log) }
             for w in warnings { log.warning("preflight", metadata: ["warning": "\(w)"]) }
         case .step(let p), .evaluated(let p):
             pending.append(p)
             lock.lock(); stepsTotal += p.kind == "step" ? 1 : 0; lock.unlock()
             if Date().timeIntervalSince(lastFlush) > 1 || p.kind == "eval" {
-                flush(id, &pending)
+                flush(id, &pending, log: log)
                 lastFlush = Date()
             }
             publish(id, JobStreamEvent(name: p.kind == "eval" ? "eval" : "metric", json: Self.json(p)))
         case .checkpointing:
             // Everything up to a checkpoint is made durable before it exists: after a crash,
             // training resumes there, and no metric point before it may be missing.
-            flush(id, &pending)
+            flush(id, &pending, log: log)
             lastFlush = Date()
         case .checkpointed(let url, let sha):
             let header = try? SafeTensorsFile.readHeader(from: url)
@@ -276,10 +416,14 @@ public final class Scheduler: @unchecked Sendable {
             let record = CheckpointRecord(jobId: id, name: url.lastPathComponent, epoch: Int(header?.metadata["epoch"] ?? "") ?? 0,
                                           step: Int(header?.metadata["step"] ?? "") ?? 0, bytes: bytes, sha256: sha, createdAt: Date(),
                                           knnTop1: header?.metadata["knn_top1"].flatMap(Double.init))
-            try? store.recordCheckpoint(record)
-            // Retention may have removed older files: keep the table in step with the folder.
-            let present = Set((try? FileManager.default.contentsOfDirectory(atPath: url.deletingLastPathComponent().path)) ?? [])
-            for c in (try? store.checkpoints(id)) ?? [] where !present.contains(c.name) { try? store.removeCheckpoint(job: id, name: c.name) }
+            do {
+                try store.recordCheckpoint(record)
+                // Retention may have removed older files: keep the table in step with the folder.
+                let present = Set((try? FileManager.default.contentsOfDirectory(atPath: url.deletingLastPathComponent().path)) ?? [])
+                for c in try store.checkpoints(id) where !present.contains(c.name) { try store.removeCheckpoint(job: id, name: c.name) }
+            } catch {
+                fault(id, error, while: "record checkpoint \(url.lastPathComponent)", log: log)
+            }
             publish(id, JobStreamEvent(name: "checkpoint", json: #"{"name":"\#(url.lastPathComponent)","sha256":"\#(sha)"}"#))
             log.info("checkpoint", metadata: ["checkpoint": "\(url.lastPathComponent)"])
         case .message(let m):
@@ -288,13 +432,22 @@ public final class Scheduler: @unchecked Sendable {
         }
     }
 
-    /// Stores buffered metric points and moves the job's progress to the newest of them.
-    func flush(_ id: String, _ pending: inout [MetricPoint]) {
+    /// Stores buffered metric points and moves the job's progress to the newest of them. A
+    /// write the store refuses stops and fails the job (its metrics would be incomplete).
+    func flush(_ id: String, _ pending: inout [MetricPoint], log: Logger) {
         guard !pending.isEmpty else { return }
         let points = pending
         pending.removeAll()
-        try? store.appendMetrics(points.map { MetricRecord(jobId: id, step: $0.step, kind: $0.kind, json: Self.json($0)) })
-        try? store.updateProgress(id) { j in
+        do {
+            try store.appendMetrics(points.map { MetricRecord(jobId: id, step: $0.step, kind: $0.kind, json: Self.json($0)) })
+            try updateProgress(id, with: points)
+        } catch {
+            fault(id, error, while: "store metrics", log: log)
+        }
+    }
+
+    private func updateProgress(_ id: String, with points: [MetricPoint]) throws {
+        try store.updateProgress(id) { j in
             for p in points {
                 j.step = max(j.step, p.step)
                 j.epoch = max(j.epoch, p.epoch)

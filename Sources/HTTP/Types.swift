@@ -16,6 +16,7 @@ public struct HTTPStatus: Sendable, Hashable, CustomStringConvertible {
     public static let headerFieldsTooLarge = HTTPStatus(431)
     public static let internalServerError = HTTPStatus(500), notImplemented = HTTPStatus(501)
     public static let serviceUnavailable = HTTPStatus(503), versionNotSupported = HTTPStatus(505)
+    public static let insufficientStorage = HTTPStatus(507)
 
     public var reason: String {
         switch code {
@@ -48,6 +49,7 @@ public struct HTTPStatus: Sendable, Hashable, CustomStringConvertible {
         case 501: "Not Implemented"
         case 503: "Service Unavailable"
         case 505: "HTTP Version Not Supported"
+        case 507: "Insufficient Storage"
         default: "Status \(code)"
         }
     }

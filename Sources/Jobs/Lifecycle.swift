@@ -30,6 +30,8 @@ public struct JobError: Error, Equatable, Sendable, CustomStringConvertible {
     public enum Code: String, Sendable {
         case notFound = "not_found", conflict = "conflict", invalidState = "invalid_state", invalid = "invalid_request"
         case unavailable = "unavailable", internalError = "internal"
+        /// The store (or the disk under it) cannot be written: full, read-only or failing.
+        case storage = "insufficient_storage"
     }
     public let code: Code
     public let message: String

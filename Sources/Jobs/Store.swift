@@ -87,10 +87,42 @@ public final class JobStore: Sendable {
     /// read is still current while it has not changed, so readers may cache what they read.
     public var generation: UInt64 { writes.load(ordering: .acquiring) }
 
-    /// Every write goes through here, so `generation` moves with the data.
+    private let failure = Mutex<String?>(nil)
+
+    /// Why the last write failed for want of storage (disk full, read-only, I/O error); nil once
+    /// a write has succeeded since.
+    public var writeFailure: String? { failure.withLock { $0 } }
+
+    /// Every write goes through here, so `generation` moves with the data. A write the disk
+    /// refuses is a `JobError(.storage)` with SQLite's short reason (no paths); other database
+    /// errors pass through as they are.
     private func write<T>(_ body: (Database) throws -> T) throws -> T {
         defer { writes.add(1, ordering: .releasing) }
-        return try pool.write(body)
+        do {
+            let result = try pool.write(body)
+            failure.withLock { $0 = nil }
+            return result
+        } catch let error as DatabaseError where Self.isStorageFailure(error.resultCode) {
+            let reason = "the job store cannot be written: \(Self.describe(error.resultCode))"
+            failure.withLock { $0 = reason }
+            throw JobError(.storage, reason)
+        }
+    }
+
+    /// SQLite results that mean the storage under the database, not the request, is at fault.
+    static func isStorageFailure(_ code: ResultCode) -> Bool {
+        [.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_READONLY, .SQLITE_CANTOPEN, .SQLITE_CORRUPT, .SQLITE_NOTADB, .SQLITE_PROTOCOL]
+            .contains(code.primaryResultCode)
+    }
+
+    static func describe(_ code: ResultCode) -> String {
+        switch code.primaryResultCode {
+        case .SQLITE_FULL: "the disk is full"
+        case .SQLITE_READONLY: "the database is read-only"
+        case .SQLITE_IOERR: "an I/O error (is the disk full or failing?)"
+        case .SQLITE_CANTOPEN: "the database file cannot be opened"
+        default: "the database is damaged or unreadable (\(code))"
+        }
     }
 
     public init(path: String) throws {
@@ -151,7 +183,20 @@ public final class JobStore: Sendable {
                 t.primaryKey(["jobId", "name"], onConflict: .replace)
             }
         }
+        m.registerMigration("v2-health") { db in
+            // One row rewritten by `probeWrite`: a write that touches no job.
+            try db.create(table: "health") { t in
+                t.column("id", .integer).primaryKey()
+                t.column("at", .datetime).notNull()
+            }
+        }
         return m
+    }
+
+    /// A small real write (a WAL frame), to learn whether the store can be written again after
+    /// a storage failure; clears `writeFailure` when it succeeds.
+    public func probeWrite() throws {
+        try write { db in try db.execute(sql: "INSERT OR REPLACE INTO health (id, at) VALUES (1, ?)", arguments: [Date()]) }
     }
 
     // MARK: - Jobs

@@ -91,6 +91,8 @@ struct Mocod: ParsableCommand {
         done.wait()
         logger.info("stopping: checkpointing running jobs")
         scheduler.shutdown()
+        // Live event streams get a final event and end now, not at the server's grace period.
+        scheduler.closeStreams()
         server.shutdown()
         logger.info("stopped")
     }

@@ -49,6 +49,7 @@ final class LiveDaemon: @unchecked Sendable {
 
     func stop() {
         scheduler.shutdown(timeout: 10)
+        scheduler.closeStreams()   // as mocod does
         server.shutdown()
         try? FileManager.default.removeItem(at: dir)
     }
@@ -184,18 +185,18 @@ final class CountLog: @unchecked Sendable {
         let d = try LiveDaemon()
         defer { d.stop() }
         let store = d.scheduler.store
-        _ = try store.create(JobRecord(id: "job_cached", name: "cached", spec: LiveDaemon.spec))   // queued, never scheduled
-        func view() -> [String: Any] { d.request("GET", "/v1/jobs/job_cached").json }
+        _ = try store.create(JobRecord(id: "job_00000000000ca0ed", name: "cached", spec: LiveDaemon.spec))   // queued, never scheduled
+        func view() -> [String: Any] { d.request("GET", "/v1/jobs/job_00000000000ca0ed").json }
         #expect(view()["state"] as? String == "queued")
         #expect((view()["progress"] as? [String: Any])?["step"] as? Int == 0)
-        try store.updateProgress("job_cached") { $0.step = 7; $0.lastLoss = 1.5 }
+        try store.updateProgress("job_00000000000ca0ed") { $0.step = 7; $0.lastLoss = 1.5 }
         #expect((view()["progress"] as? [String: Any])?["step"] as? Int == 7 && view()["last_loss"] as? Double == 1.5)
-        try store.apply(.cancel, to: "job_cached", reason: "test")
+        try store.apply(.cancel, to: "job_00000000000ca0ed", reason: "test")
         #expect(view()["state"] as? String == "cancelled")
-        #expect(d.request("GET", "/v1/jobs/job_cached/checkpoints").status == 200)
-        try store.delete("job_cached")
-        #expect(d.request("GET", "/v1/jobs/job_cached").status == 404)
-        #expect(d.request("GET", "/v1/jobs/job_cached/checkpoints").status == 404)
+        #expect(d.request("GET", "/v1/jobs/job_00000000000ca0ed/checkpoints").status == 200)
+        try store.delete("job_00000000000ca0ed")
+        #expect(d.request("GET", "/v1/jobs/job_00000000000ca0ed").status == 404)
+        #expect(d.request("GET", "/v1/jobs/job_00000000000ca0ed/checkpoints").status == 404)
     }
 
     /// The API's CPU budget limits exactly while a job trains, and a request during training

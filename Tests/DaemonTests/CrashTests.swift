@@ -43,6 +43,12 @@ import Testing
         return d
     }
 
+    /// Until /healthz answers (at most 20 s).
+    func waitHealthy(_ base: String) {
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline && curl(["\(base)/healthz"]).isEmpty { usleep(20_000) }
+    }
+
     func json(_ d: Data) -> [String: Any] { (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] ?? [:] }
 
     @Test func killedDaemonResumesFromCheckpoint() throws {
@@ -55,7 +61,7 @@ import Testing
         var daemon = try start(dir, port: port)
         defer { if daemon.isRunning { daemon.terminate() } }
         let base = "http://127.0.0.1:\(port)"
-        for _ in 0..<100 where curl(["\(base)/healthz"]).isEmpty { usleep(50_000) }
+        waitHealthy(base)
         let spec = """
         {"name": "crash", "data": {"format": "npy", "path": "imgs.npy"},
          "model": {"arch": "resnet18", "stem": "cifar", "width": 8, "in_channels": 1, "dim": 16},
@@ -80,7 +86,7 @@ import Testing
         let newestStep = onDisk.compactMap { Int($0.split(separator: "-s").last?.prefix(8) ?? "") }.max()!
         // Restart: the job resumes from its newest valid checkpoint and succeeds.
         daemon = try start(dir, port: port)
-        for _ in 0..<100 where curl(["\(base)/healthz"]).isEmpty { usleep(50_000) }
+        waitHealthy(base)
         var state = ""
         deadline = Date().addingTimeInterval(120)
         while Date() < deadline {

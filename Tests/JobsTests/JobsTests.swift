@@ -38,9 +38,13 @@ import Testing
         let (s, dir) = try store()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let tables = try s.pool.read { try String.fetchAll($0, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") }
-        #expect(Set(tables).isSuperset(of: ["jobs", "transitions", "metric_points", "checkpoints", "grdb_migrations"]))
+        #expect(Set(tables).isSuperset(of: ["jobs", "transitions", "metric_points", "checkpoints", "health", "grdb_migrations"]))
         let applied = try s.pool.read { try JobStore.migrator.appliedMigrations($0) }
-        #expect(applied == ["v1-jobs"])
+        #expect(applied == ["v1-jobs", "v2-health"])
+        // The health probe is a real write: it moves the generation and leaves no failure behind.
+        let before = s.generation
+        try s.probeWrite()
+        #expect(s.generation == before + 1 && s.writeFailure == nil)
         let mode = try s.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
         #expect(mode == "wal")
         // Opening again migrates nothing and keeps data.
@@ -105,6 +109,28 @@ import Testing
     }
 
     /// Every write moves the generation (readers cache by it); reads and failed lookups do not.
+    /// A write the disk refuses (SQLite's page limit stands in for a full disk) is a
+    /// `JobError(.storage)` with a short reason and no SQLite text or path; `writeFailure` says
+    /// so until a write succeeds again.
+    @Test func storageFailuresAreTypedAndCleared() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try s.create(JobRecord(id: "j", name: "j", spec: "{}"))
+        let pages = try s.pool.write { try Int.fetchOne($0, sql: "PRAGMA page_count") ?? 1 }
+        try s.pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA max_page_count = \(pages)") }
+        do {
+            _ = try s.create(JobRecord(id: "big", name: "big", spec: String(repeating: "x", count: 200_000)))
+            Issue.record("the write should have failed")
+        } catch let e as JobError {
+            #expect(e.code == .storage && e.message.contains("disk is full") && !e.message.contains(dir), "\(e)")
+        }
+        #expect(s.writeFailure?.contains("disk is full") == true)
+        #expect(try s.job("big") == nil && s.job("j") != nil)   // reads still work; nothing half-written
+        try s.pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA max_page_count = 1073741823") }
+        try s.probeWrite()
+        #expect(s.writeFailure == nil)
+    }
+
     @Test func generationMovesWithEveryWrite() throws {
         let (s, dir) = try store()
         defer { try? FileManager.default.removeItem(atPath: dir) }
