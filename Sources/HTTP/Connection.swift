@@ -477,7 +477,8 @@ final class Connection: @unchecked Sendable {
     func beginShutdown() {
         queue.async { [self] in
             shuttingDown = true
-            if phase == .idle && !busy { close() }
+            // Idle, or holding only part of a head: no request is under way, nothing is lost.
+            if isReclaimable { close() }
         }
     }
 

@@ -79,6 +79,8 @@ final class RawClient {
 func openFileDescriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
 
 @Suite(.serialized) struct LiveServerTests {
+    static let gate = DispatchSemaphore(value: 0)
+
     func server(_ configure: (inout ServerConfiguration) -> Void = { _ in }) throws -> HTTPServer {
         var cfg = ServerConfiguration()
         cfg.port = 0
@@ -89,6 +91,8 @@ func openFileDescriptors() -> Int { (try? FileManager.default.contentsOfDirector
         router.add("POST", "/echo") { r in HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/octet-stream")]), body: .bytes(r.body)) }
         router.add("GET", "/items/{id}") { r in HTTPResponse(contentType: "text/plain", text: "item \(r.pathParameters["id"]!)") }
         router.add("GET", "/slow") { _ in usleep(200_000); return HTTPResponse(contentType: "text/plain", text: "slow") }
+        // Answers once the test opens the gate (at most 5 s): a request surely in flight at a moment the test picks.
+        router.add("GET", "/gated") { _ in _ = LiveServerTests.gate.wait(timeout: .now() + 5); return HTTPResponse(contentType: "text/plain", text: "slow") }
         router.add("GET", "/bad-header") { _ in HTTPResponse(status: .ok, headers: HTTPHeaders([("X-Evil", "a\r\nSet-Cookie: x=1")]), body: .bytes([])) }
         let r = router
         let s = HTTPServer(configuration: cfg) { r.handle($0) }
@@ -260,10 +264,18 @@ func openFileDescriptors() -> Int { (try? FileManager.default.contentsOfDirector
     @Test func gracefulShutdown() throws {
         let s = try server()
         let busy = try RawClient(port: s.port)
-        busy.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        busy.send("GET /gated HTTP/1.1\r\nHost: t\r\n\r\n")
+        // Half a head is no request under way: it is closed at once, not at the grace period.
+        let half = try RawClient(port: s.port)
+        half.send("GET /hello HTTP/1.1\r\nHo")
         usleep(50_000)
         let done = DispatchSemaphore(value: 0)
+        let start = Date()
         DispatchQueue.global().async { s.shutdown(); done.signal() }
+        #expect(half.isClosedByServer())
+        #expect(Date().timeIntervalSince(start) < 2)
+        while !s.isStopping { usleep(1000) }
+        Self.gate.signal()   // the in-flight request ends after shutdown began: it says Connection: close
         let r = busy.responses(1).first
         #expect(r?.status == 200 && r?.body == Array("slow".utf8))
         #expect(r?.headers["connection"] == "close")
