@@ -242,7 +242,11 @@ public final class Scheduler: @unchecked Sendable {
     /// their last valid checkpoint.
     public func recover() throws {
         for j in try store.jobs(state: .running, limit: 10_000) {
-            _ = try store.apply(.interrupt, to: j.id, reason: "daemon restarted; resuming from the last valid checkpoint")
+            do {
+                _ = try store.apply(.interrupt, to: j.id, reason: "daemon restarted; resuming from the last valid checkpoint")
+            } catch let e as JobError where e.code == .invalidState || e.code == .notFound {
+                continue   // a request (cancel, delete) got to it first
+            }
         }
         schedule()
     }
