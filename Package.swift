@@ -40,9 +40,12 @@ let package = Package(
         // Jobs: the job model, its state machine and the SQLite store; nothing ML either.
         .target(name: "Jobs", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // Daemon: the API handlers joining HTTP, Jobs and MoCo.
-        .target(name: "Daemon", dependencies: ["HTTP", "Jobs", "MoCo", "Data", "NN", "Kernels",
+        // Worker: one job's process (the trainer's shell) and its protocol to the daemon.
+        .target(name: "CProcess"),
+        .target(name: "Worker", dependencies: ["MoCo", "Data", "Kernels", "CProcess"]),
+        .target(name: "Daemon", dependencies: ["HTTP", "Jobs", "MoCo", "Worker", "Data", "NN", "Kernels",
                                                .product(name: "Logging", package: "swift-log")]),
-        .executableTarget(name: "mocod", dependencies: ["Daemon", "HTTP", "Jobs", "Kernels",
+        .executableTarget(name: "mocod", dependencies: ["Daemon", "Worker", "HTTP", "Jobs", "Kernels",
                                                         .product(name: "Logging", package: "swift-log"),
                                                         .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
@@ -59,7 +62,7 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN", "Autograd", "Kernels", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Autograd", "TestSupport"]),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "HTTP", "Jobs", "Data", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Worker", "HTTP", "Jobs", "Data", "NN", "MoCo", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "MoCoTests", dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels", "TestSupport"]),
     ],

@@ -4,16 +4,32 @@ import Jobs
 import Logging
 import MoCo
 import NN
+import Worker
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Settings the daemon runs with.
 public struct DaemonSettings: Sendable {
     public var dataDirectory: URL
     public var dataRoots: [String]
     public var maxRunning: Int
-    /// Compute threads shared by the running jobs.
+    /// Compute threads (cores) shared by the running jobs.
     public var threads: Int
-    public init(dataDirectory: URL, dataRoots: [String], maxRunning: Int = 1, threads: Int = 2) {
+    /// The command that runs one job's worker process (`mocod worker`); the scheduler appends
+    /// the job's options.
+    public var workerCommand: [String]
+    public init(dataDirectory: URL, dataRoots: [String], maxRunning: Int = 1, threads: Int = 2,
+                workerCommand: [String] = DaemonSettings.ownWorkerCommand) {
         self.dataDirectory = dataDirectory; self.dataRoots = dataRoots; self.maxRunning = maxRunning; self.threads = threads
+        self.workerCommand = workerCommand
+    }
+    /// This executable (`/proc/self/exe`) with `worker`: right for mocod itself.
+    public static var ownWorkerCommand: [String] {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        let path = n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
+        return [path, "worker"]
     }
     public var databasePath: String { dataDirectory.appendingPathComponent("mocod.sqlite").path }
     public func jobDirectory(_ id: String) -> URL { dataDirectory.appendingPathComponent("jobs/\(id)") }
@@ -38,6 +54,12 @@ public final class Scheduler: @unchecked Sendable {
     /// Creates the training threads, so they inherit its normal priority (see `run`).
     private let launcher = Launcher()
     private var stopRequests: [String: JobEvent] = [:]
+    /// The daemon's cores; with more than one job at a time each job is pinned to its own.
+    private var cores: CorePool
+    /// Cores held by each running job (nil: not pinned).
+    private var coresHeld: [String: [Int]] = [:]
+    /// The worker process of each running job.
+    private var workers: [String: WorkerHandle] = [:]
     /// Why a running job must stop on its own account (its progress could not be stored).
     private var jobFaults: [String: String] = [:]
     /// Transitions decided but not yet in the store (it refused the write): retried until they
@@ -60,6 +82,9 @@ public final class Scheduler: @unchecked Sendable {
         self.settings = settings
         self.logger = logger
         self.onRunningCountChange = onRunningCountChange
+        self.cores = CorePool(cores: Array(0..<max(settings.threads, 1)))
+        // Commands go to workers over pipes: a worker that died must not take the daemon with it.
+        signal(SIGPIPE, SIG_IGN)
     }
 
     /// A transition the store has not taken yet.
@@ -194,9 +219,19 @@ public final class Scheduler: @unchecked Sendable {
     private func requestStop(_ id: String, _ event: JobEvent) throws -> JobRecord {
         lock.lock()
         stopRequests[id] = event
+        let worker = workers[id]
         lock.unlock()
+        worker?.send(Self.command(for: event))
         guard let j = try job(id) else { throw JobError(.notFound, "no job \(id)") }
         return j
+    }
+
+    static func command(for event: JobEvent) -> WorkerCommand {
+        switch event {
+        case .pause: WorkerCommand(.pause)
+        case .cancel: WorkerCommand(.cancel)
+        default: WorkerCommand(.shutdown)
+        }
     }
 
     private func isRunning(_ id: String) -> Bool { lock.lock(); defer { lock.unlock() }; return running.contains(id) }
@@ -227,11 +262,25 @@ public final class Scheduler: @unchecked Sendable {
         var started: [JobRecord] = []
         lock.lock()
         while accepting && running.count < settings.maxRunning {
-            guard let next = try? store.nextQueued(), let job = try? store.apply(.start, to: next.id, reason: "scheduled") else { break }
+            guard let next = try? store.nextQueued() else { break }
+            // With several jobs at once, each gets its own cores, as many as its threads: the
+            // queue waits until they are free (a job's threads are never cut).
+            var held: [Int]?
+            if settings.maxRunning > 1 {
+                let threads = (try? JobSpec.parse(Data(next.spec.utf8)))?.threads ?? 1
+                guard let c = cores.take(threads) else { break }
+                held = c
+            }
+            guard let job = try? store.apply(.start, to: next.id, reason: "scheduled") else {
+                if let held { cores.give(held) }
+                break
+            }
             started.append(job)
             running.insert(job.id)
+            coresHeld[job.id] = held
             onRunningCountChange(running.count)
-            launcher.start(name: "mocod-train") { [self] in run(job) }
+            let pinned = held
+            launcher.start(name: "mocod-job") { [self] in run(job, cores: pinned) }
         }
         lock.unlock()
         // Published outside the lock: subscribers' handlers may call back into the scheduler.
@@ -256,7 +305,9 @@ public final class Scheduler: @unchecked Sendable {
         lock.lock()
         accepting = false
         for id in running { stopRequests[id] = .interrupt }
+        let all = Array(workers.values)
         lock.unlock()
+        for w in all { w.send(WorkerCommand(.shutdown)) }
         let deadline = Date().addingTimeInterval(timeout)
         while (runningCount > 0 || hasPendingTransitions) && Date() < deadline { usleep(50_000) }
     }
@@ -273,64 +324,178 @@ public final class Scheduler: @unchecked Sendable {
 
     // MARK: - Running one job (on its own thread)
 
-    private func run(_ job: JobRecord) {
+    private func run(_ job: JobRecord, cores held: [Int]?) {
         // New threads inherit their creator's scheduling class and nice value. Job threads are
         // started by the launcher thread (normal priority), never by an HTTP thread (which runs
-        // at a lower priority); this also puts back the normal class should one slip through.
+        // at a lower priority); the worker processes they start inherit it too.
         var param = sched_param()
         param.sched_priority = 0
         _ = pthread_setschedparam(pthread_self(), 0 /* SCHED_OTHER */, &param)
         let id = job.id
         var log = logger
         log[metadataKey: "job.id"] = "\(id)"
-        let outcome: Result<TrainingOutcome, Error> = Result {
+        var (event, reason): (JobEvent, String)
+        do {
             let spec = try JobSpec.parse(Data(job.spec.utf8))
-            var s = spec
-            s.threads = max(1, min(spec.threads, settings.threads / max(settings.maxRunning, 1)))
-            let train = try DataSources.load(s.data, roots: settings.dataRoots, size: s.augment.size, allowAbsolute: false)
-            let eval = try s.eval.map { try DataSources.load($0.source, roots: settings.dataRoots, size: s.augment.size, allowAbsolute: false) }
             let dir = settings.jobDirectory(id)
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            var pending: [MetricPoint] = []
-            var lastFlush = Date()
-            let trainer = Trainer(spec: s, train: train, eval: eval, outDirectory: dir, workers: 1) { [self] event in
-                handle(event, job: id, pending: &pending, lastFlush: &lastFlush, log: log)
-            }
-            // After a crash the newest checkpoint may be on disk but not yet in the table: sync.
-            trainer.store.removeLeftovers()
-            let known = Set(((try? store.checkpoints(id)) ?? []).map(\.name))
-            for e in trainer.store.list() where !known.contains(e.url.lastPathComponent) {
-                guard let sha = Checkpoint.recordedDigest(of: e.url) else { continue }
-                let bytes = ((try? FileManager.default.attributesOfItem(atPath: e.url.path))?[.size] as? NSNumber)?.int64Value ?? 0
-                try? store.recordCheckpoint(CheckpointRecord(jobId: id, name: e.url.lastPathComponent, epoch: e.epoch, step: e.step,
-                                                             bytes: bytes, sha256: sha, createdAt: Date(), knnTop1: e.knnTop1))
-            }
-            // Resume from the newest checkpoint whose digest matches (a corrupt one is skipped).
-            let resume = trainer.store.latestValid()?.url
-            if let resume { log.info("resuming", metadata: ["checkpoint": "\(resume.lastPathComponent)"]) }
-            let result = try trainer.run(resume: resume) { [self] in
-                lock.lock(); defer { lock.unlock() }
-                return stopRequests[id] != nil || jobFaults[id] != nil
-            }
-            flush(id, &pending, log: log)
-            return result
+            try SafeTensorsFile.writeDurably(Data(job.spec.utf8), to: dir.appendingPathComponent("spec.json"))
+            syncCheckpointsOnDisk(id, spec: spec, directory: dir)
+            syncMetricsOnDisk(id, spec: spec, directory: dir, log: log)
+            (event, reason) = superviseWorkers(id, spec: spec, directory: dir, cores: held, log: log)
+        } catch {
+            (event, reason) = (.fail, "\(error)")
         }
         lock.lock()
-        let requested = stopRequests.removeValue(forKey: id)
+        stopRequests[id] = nil
         let fault = jobFaults.removeValue(forKey: id)
+        if let c = coresHeld.removeValue(forKey: id) { cores.give(c) }
         lock.unlock()
-        var (event, reason): (JobEvent, String) = switch outcome {
-        case .success(.finished): (.finish, "finished all epochs")
-        case .success(.stopped): requested.map { ($0, $0 == .interrupt ? "daemon stopping; checkpointed" : "\($0.rawValue) by request; checkpointed") }
-            ?? (.interrupt, "stopped")
-        case .success(.failed(let why)): (.fail, why)
-        case .failure(let error): (.fail, "\(error)")
-        }
-        // Progress that could not be stored fails the job, whatever the trainer made of the stop.
+        // Progress that could not be stored fails the job, whatever the worker made of the stop.
         if let fault, event != .fail { (event, reason) = (.fail, fault) }
         reason = publicReason(reason, job: id)
         endJob(id, event, reason: reason, log: log)
         schedule()
+    }
+
+    /// After a crash the newest checkpoint may be on disk but not yet in the table: records it.
+    private func syncCheckpointsOnDisk(_ id: String, spec: JobSpec, directory: URL) {
+        let ckpts = CheckpointStore(directory: directory.appendingPathComponent("checkpoints"),
+                                    keepLast: spec.checkpoint.keep_last, keepBest: spec.checkpoint.keep_best)
+        let known = Set(((try? store.checkpoints(id)) ?? []).map(\.name))
+        for e in ckpts.list() where !known.contains(e.url.lastPathComponent) {
+            guard let sha = Checkpoint.recordedDigest(of: e.url) else { continue }
+            let bytes = ((try? FileManager.default.attributesOfItem(atPath: e.url.path))?[.size] as? NSNumber)?.int64Value ?? 0
+            try? store.recordCheckpoint(CheckpointRecord(jobId: id, name: e.url.lastPathComponent, epoch: e.epoch, step: e.step,
+                                                         bytes: bytes, sha256: sha, createdAt: Date(), knnTop1: e.knnTop1))
+        }
+    }
+
+    /// A worker outlives its daemon by up to a step (it stops and checkpoints when the daemon
+    /// dies): the points it wrote to `metrics.jsonl` meanwhile, up to the checkpoint it will
+    /// resume from, are stored now, so every step appears once.
+    private func syncMetricsOnDisk(_ id: String, spec: JobSpec, directory: URL, log: Logger) {
+        let ckpts = CheckpointStore(directory: directory.appendingPathComponent("checkpoints"),
+                                    keepLast: spec.checkpoint.keep_last, keepBest: spec.checkpoint.keep_best)
+        guard let resumeStep = ckpts.latestValid()?.step,
+              let text = try? String(contentsOf: directory.appendingPathComponent("metrics.jsonl"), encoding: .utf8) else { return }
+        let stored = ((try? store.lastMetricStep(id)) ?? nil) ?? 0
+        guard stored < resumeStep else { return }
+        let points = text.split(separator: "\n").compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }
+            .filter { $0.step > stored && $0.step <= resumeStep }
+        var pending = points
+        flush(id, &pending, log: log)
+    }
+
+    /// Runs the job's worker until it ends normally, restarting it from the newest valid
+    /// checkpoint after an abnormal exit, up to `max_restarts` times. Returns the job's end.
+    private func superviseWorkers(_ id: String, spec: JobSpec, directory: URL, cores held: [Int]?, log: Logger) -> (JobEvent, String) {
+        var restarts = 0
+        while true {
+            let exit = runWorker(id, directory: directory, cores: held, log: log)
+            lock.lock()
+            let requested = stopRequests[id]
+            let faulted = jobFaults[id] != nil
+            lock.unlock()
+            if let last = exit.last {
+                switch last.kind {
+                case .finished: return (.finish, "finished all epochs")
+                case .failed: return (.fail, last.message ?? "the worker failed")
+                default:   // stopped
+                    if let requested {
+                        return (requested, requested == .interrupt ? "daemon stopping; checkpointed" : "\(requested.rawValue) by request; checkpointed")
+                    }
+                    return (.interrupt, "stopped")
+                }
+            }
+            // An abnormal exit: no final event.
+            let why = exit.description
+            appendLog(id, "worker exited abnormally: \(why)")
+            log.warning("worker exited abnormally", metadata: ["reason": "\(why)", "restarts": "\(restarts)"])
+            if let requested, requested == .interrupt {
+                return (.interrupt, "daemon stopping; worker ended: \(why)")   // resumes from its checkpoint on the next start
+            }
+            guard restarts < spec.max_restarts, requested == nil, !faulted else {
+                let tail = restarts > 0 ? " (after \(restarts) restart\(restarts == 1 ? "" : "s"))" : ""
+                return (.fail, "worker \(why)\(tail)")
+            }
+            restarts += 1
+            let note = "restarting the worker from the newest valid checkpoint (restart \(restarts) of \(spec.max_restarts))"
+            appendLog(id, note)
+            publish(id, JobStreamEvent(name: "restart", json: Self.json(RestartEvent(reason: why, restart: restarts, max_restarts: spec.max_restarts))))
+        }
+    }
+
+    struct RestartEvent: Encodable { var reason: String; var restart: Int; var max_restarts: Int }
+
+    /// How a worker process ended: its last event if it ended normally, else why not.
+    struct WorkerExit {
+        var last: WorkerEvent?
+        var description: String
+    }
+
+    /// Starts the job's worker, records what it reports, and waits for it to exit.
+    private func runWorker(_ id: String, directory: URL, cores held: [Int]?, log: Logger) -> WorkerExit {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: settings.workerCommand[0])
+        var args = Array(settings.workerCommand.dropFirst()) + ["--job-dir", directory.path, "--parent", String(getpid())]
+        for r in settings.dataRoots { args += ["--data-root", r] }
+        if let held { args += ["--cores", held.map(String.init).joined(separator: ",")] }
+        p.arguments = args
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        let logURL = directory.appendingPathComponent("worker.log")
+        if !FileManager.default.fileExists(atPath: logURL.path) { FileManager.default.createFile(atPath: logURL.path, contents: nil) }
+        let stderr = FileHandle(forWritingAtPath: logURL.path)
+        _ = try? stderr?.seekToEnd()
+        p.standardError = stderr ?? FileHandle.nullDevice
+        do { try p.run() } catch {
+            return WorkerExit(last: WorkerEvent(kind: .failed, message: "cannot start the worker (\(settings.workerCommand[0])): \(error)"), description: "")
+        }
+        try? stderr?.close()
+        let worker = WorkerHandle(process: p, input: input.fileHandleForWriting)
+        lock.lock()
+        workers[id] = worker
+        let pending = stopRequests[id]
+        lock.unlock()
+        if let pending { worker.send(Self.command(for: pending)) }   // asked to stop before it started
+        var last: WorkerEvent?
+        var metrics: [MetricPoint] = []
+        var lastFlush = Date()
+        let fd = output.fileHandleForReading.fileDescriptor
+        var line: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            var start = 0
+            for i in 0..<n where buffer[i] == 0x0a {
+                line += buffer[start..<i]
+                start = i + 1
+                if let e = try? WorkerEvent.decode(line) {
+                    handle(e, job: id, pending: &metrics, lastFlush: &lastFlush, log: log)
+                    if [.finished, .stopped, .failed].contains(e.kind) { last = e }
+                } else {
+                    log.warning("unreadable worker event", metadata: ["line": "\(String(decoding: line.prefix(200), as: UTF8.self))"])
+                }
+                line.removeAll(keepingCapacity: true)
+            }
+            line += buffer[start..<n]
+        }
+        flush(id, &metrics, log: log)
+        p.waitUntilExit()
+        lock.lock(); workers[id] = nil; lock.unlock()
+        worker.close()
+        let status = p.terminationStatus
+        if p.terminationReason == .uncaughtSignal {
+            let name = String(cString: strsignal(status))
+            let hint = status == SIGKILL ? " (out of memory?)" : ""
+            return WorkerExit(last: nil, description: "killed by signal \(status) (\(name))\(hint)")
+        }
+        if status != 0 || last == nil { return WorkerExit(last: nil, description: "exited with status \(status) without finishing its run") }
+        return WorkerExit(last: last, description: "")
     }
 
     /// Records a job's end: the transition is applied before the slot is given back, and
@@ -392,16 +557,22 @@ public final class Scheduler: @unchecked Sendable {
         lock.lock()
         let first = jobFaults[id] == nil
         if first { jobFaults[id] = "could not \(doing): \(why)" }
+        let worker = workers[id]
         lock.unlock()
-        if first { log.error("job store write failed; stopping the job", metadata: ["error": "\(why)"]) }
+        if first {
+            log.error("job store write failed; stopping the job", metadata: ["error": "\(why)"])
+            worker?.send(WorkerCommand(.shutdown))
+        }
     }
 
-    private func handle(_ event: TrainingEvent, job id: String, pending: inout [MetricPoint], lastFlush: inout Date, log: Logger) {
-        switch event {
-        case .started(let total, _, let warnings):
+    private func handle(_ event: WorkerEvent, job id: String, pending: inout [MetricPoint], lastFlush: inout Date, log: Logger) {
+        switch event.kind {
+        case .started:
+            let total = event.totalSteps ?? 0
             do { try store.updateProgress(id) { $0.totalSteps = total } } catch { fault(id, error, while: "record progress", log: log) }
-            for w in warnings { log.warning("preflight", metadata: ["warning": "\(w)"]) }
-        case .step(let p), .evaluated(let p):
+            for w in event.warnings ?? [] { log.warning("preflight", metadata: ["warning": "\(w)"]) }
+        case .step, .evaluation:
+            guard let p = event.point else { return }
             pending.append(p)
             lock.lock(); stepsTotal += p.kind == "step" ? 1 : 0; lock.unlock()
             if Date().timeIntervalSince(lastFlush) > 1 || p.kind == "eval" {
@@ -414,27 +585,31 @@ public final class Scheduler: @unchecked Sendable {
             // training resumes there, and no metric point before it may be missing.
             flush(id, &pending, log: log)
             lastFlush = Date()
-        case .checkpointed(let url, let sha):
-            let header = try? SafeTensorsFile.readHeader(from: url)
-            let bytes = ((try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber)?.int64Value ?? 0
-            let record = CheckpointRecord(jobId: id, name: url.lastPathComponent, epoch: Int(header?.metadata["epoch"] ?? "") ?? 0,
-                                          step: Int(header?.metadata["step"] ?? "") ?? 0, bytes: bytes, sha256: sha, createdAt: Date(),
-                                          knnTop1: header?.metadata["knn_top1"].flatMap(Double.init))
+        case .checkpointed:
+            guard let c = event.checkpoint else { return }
+            let record = CheckpointRecord(jobId: id, name: c.name, epoch: c.info.epoch, step: c.info.step, bytes: c.bytes, sha256: c.sha256,
+                                          createdAt: c.info.created, knnTop1: c.info.knnTop1)
             do {
                 try store.recordCheckpoint(record)
                 // Retention may have removed older files: keep the table in step with the folder.
-                let present = Set((try? FileManager.default.contentsOfDirectory(atPath: url.deletingLastPathComponent().path)) ?? [])
-                for c in try store.checkpoints(id) where !present.contains(c.name) { try store.removeCheckpoint(job: id, name: c.name) }
+                let folder = settings.jobDirectory(id).appendingPathComponent("checkpoints")
+                let present = Set((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? [])
+                for old in try store.checkpoints(id) where !present.contains(old.name) { try store.removeCheckpoint(job: id, name: old.name) }
             } catch {
-                fault(id, error, while: "record checkpoint \(url.lastPathComponent)", log: log)
+                fault(id, error, while: "record checkpoint \(c.name)", log: log)
             }
-            publish(id, JobStreamEvent(name: "checkpoint", json: #"{"name":"\#(url.lastPathComponent)","sha256":"\#(sha)"}"#))
-            log.info("checkpoint", metadata: ["checkpoint": "\(url.lastPathComponent)"])
-        case .message(let m):
+            publish(id, JobStreamEvent(name: "checkpoint", json: Self.json(CheckpointEvent(name: c.name, sha256: c.sha256))))
+            log.info("checkpoint", metadata: ["checkpoint": "\(c.name)"])
+        case .message:
+            let m = event.message ?? ""
             log.info("\(m)")
             appendLog(id, m)
+        case .finished, .stopped, .failed:
+            break
         }
     }
+
+    struct CheckpointEvent: Encodable { var name: String; var sha256: String }
 
     /// Stores buffered metric points and moves the job's progress to the newest of them. A
     /// write the store refuses stops and fails the job (its metrics would be incomplete).
@@ -463,10 +638,10 @@ public final class Scheduler: @unchecked Sendable {
         }
     }
 
-    static func json(_ p: MetricPoint) -> String {
+    static func json(_ value: some Encodable) -> String {
         let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? enc.encode(p)) ?? Data("{}".utf8), as: UTF8.self)
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? enc.encode(value)) ?? Data("{}".utf8), as: UTF8.self)
     }
 
     /// A job's human-readable log (`jobs/<id>/job.log`).
@@ -538,5 +713,33 @@ final class Launcher: @unchecked Sendable {
         pending.append((name, body))
         cond.signal()
         cond.unlock()
+    }
+}
+
+/// The daemon's end of one worker process: its process and its command channel.
+final class WorkerHandle: @unchecked Sendable {
+    /// Safe to share: writes to `input` are serialized by `lock`; `process` is only read.
+    let process: Process
+    private let input: FileHandle
+    private let lock = NSLock()
+    private var closed = false
+
+    init(process: Process, input: FileHandle) { self.process = process; self.input = input }
+
+    /// Sends a command (a JSON line); a worker that is gone is ignored.
+    func send(_ command: WorkerCommand) {
+        guard var line = try? JSONEncoder().encode(command) else { return }
+        line.append(0x0a)
+        lock.lock(); defer { lock.unlock() }
+        guard !closed else { return }
+        let fd = input.fileDescriptor
+        _ = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    }
+
+    func close() {
+        lock.lock(); defer { lock.unlock() }
+        guard !closed else { return }
+        closed = true
+        try? input.close()
     }
 }

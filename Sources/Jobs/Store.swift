@@ -292,6 +292,11 @@ public final class JobStore: Sendable {
         }
     }
 
+    /// The highest step with a stored metric point of the job, nil when none.
+    public func lastMetricStep(_ id: String) throws -> Int? {
+        try pool.read { try Int.fetchOne($0, sql: "SELECT MAX(step) FROM metric_points WHERE jobId = ?", arguments: [id]) }
+    }
+
     public func recordCheckpoint(_ c: CheckpointRecord) throws { try write { try c.insert($0) } }
 
     public func removeCheckpoint(job: String, name: String) throws {

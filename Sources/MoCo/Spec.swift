@@ -106,6 +106,9 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public var checkpoint: Checkpointing
     public var seed: UInt64
     public var threads: Int
+    /// How often the daemon restarts a worker that exited abnormally (a signal, a non-zero
+    /// status) from the job's newest valid checkpoint before the job fails.
+    public var max_restarts: Int
 
     // MARK: - Presets
 
@@ -127,6 +130,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             "checkpoint": ["every_epochs": 1, "every_steps": NSNull(), "keep_last": 3, "keep_best": 1] as [String: Any],
             "seed": 0,
             "threads": 2,
+            "max_restarts": 2,
         ]
     }
 
@@ -194,7 +198,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         "data.limit", "eval.limit", "eval.knn_k", "eval.every_epochs", "model.width", "model.in_channels", "model.dim",
         "model.mlp_hidden", "moco.queue", "moco.bn_splits", "augment.size", "optim.batch_size", "optim.epochs",
         "optim.milestones[]", "optim.warmup_epochs", "checkpoint.every_epochs", "checkpoint.every_steps",
-        "checkpoint.keep_last", "checkpoint.keep_best", "seed", "threads",
+        "checkpoint.keep_last", "checkpoint.keep_best", "seed", "threads", "max_restarts",
     ]
 
     /// Numbers the decoder would reject without naming the field (a fraction for an integer, a
@@ -312,6 +316,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         need(between(checkpoint.keep_last, 1, 1000), "checkpoint.keep_last", "must be between 1 and 1000")
         need(between(checkpoint.keep_best, 0, 1000), "checkpoint.keep_best", "must be between 0 and 1000")
         need(between(threads, 1, 256), "threads", "must be between 1 and 256")
+        need(between(max_restarts, 0, 100), "max_restarts", "must be between 0 and 100")
         // Consistency between sections: only on values that passed their own range checks.
         if epochsOK && warmupOK {
             need(optim.warmup_epochs < optim.epochs, "optim.warmup_epochs", "must be below epochs (\(optim.epochs))")

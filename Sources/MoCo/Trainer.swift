@@ -37,7 +37,9 @@ public enum TrainingEvent: Sendable {
     /// About to write a checkpoint at `step`: whatever the listener keeps about the steps so far
     /// should be made durable now (a crash after the write resumes from it).
     case checkpointing(step: Int)
-    case checkpointed(URL, sha256: String)
+    /// A checkpoint was written (durably, its digest beside it): everything a listener needs to
+    /// record it, so nobody re-reads its header.
+    case checkpointed(URL, sha256: String, bytes: Int64, info: CheckpointInfo)
     case message(String)
 }
 
@@ -139,11 +141,13 @@ public final class Trainer {
             emit(.checkpointing(step: step))
             let info = CheckpointInfo(step: step, epoch: epoch, knnTop1: knn, spec: spec, created: Date(), evalDue: evalDue)
             let url = store.directory.appendingPathComponent(Checkpoint.fileName(epoch: epoch, step: step))
-            let digest = try Checkpoint.write(Checkpoint.encode(model: model, optimizer: opt, info: info, rng: shuffleRNG), to: url)
+            let file = Checkpoint.encode(model: model, optimizer: opt, info: info, rng: shuffleRNG)
+            let digest = try Checkpoint.write(file, to: url)
+            let bytes = ((try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber)?.int64Value ?? 0
             store.prune()
             lastCheckpointStep = step
             lastCheckpointEvalDue = evalDue
-            emit(.checkpointed(url, sha256: digest))
+            emit(.checkpointed(url, sha256: digest, bytes: bytes, info: info))
         }
 
         /// A checkpoint between steps (every N steps, or a stop): on an epoch's last step it

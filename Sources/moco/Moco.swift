@@ -156,7 +156,7 @@ final class Progress: @unchecked Sendable {
                 log(line)
             }
         case .evaluated, .checkpointing: break
-        case .checkpointed(let url, let sha):
+        case .checkpointed(let url, let sha, _, _):
             log("checkpoint \(url.lastPathComponent) sha256 \(sha.prefix(16))…")
         case .message(let m): log(m)
         }

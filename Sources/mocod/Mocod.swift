@@ -6,19 +6,46 @@ import HTTP
 import Jobs
 import Kernels
 import Logging
+import Worker
 
 @main
 enum Entry {
     static func main() {
         // OpenBLAS picks its kernel when it loads: re-exec with the right one before anything else.
         Runtime.ensureFastOpenBLAS()
-        Mocod.main()
+        MocodCommand.main()
+    }
+}
+
+/// `mocod` serves (the default); `mocod worker` is one job's process, started by the daemon.
+struct MocodCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "mocod", abstract: "MoCo v2 training daemon with an HTTP API.",
+                                                    subcommands: [Mocod.self, WorkerProcess.self], defaultSubcommand: Mocod.self)
+}
+
+/// One job's worker process (started by the daemon; see `Worker`).
+struct WorkerProcess: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "worker", abstract: "Train one job (started by the daemon, one per job).")
+    @Option(help: "The job's directory (spec.json, checkpoints, metrics.jsonl).") var jobDir: String
+    @Option(name: .customLong("data-root"), help: "Dataset root, repeatable.") var dataRoots: [String] = []
+    @Option(help: "Cores to pin the worker to, comma-separated.") var cores: String?
+    @Option(help: "The daemon's process id (the worker stops when it is gone).") var parent: Int32?
+
+    func run() throws {
+        var pinned: [Int]?
+        if let cores {
+            let list = cores.split(separator: ",").compactMap { Int($0) }
+            guard !list.isEmpty, list.count == cores.split(separator: ",").count else { throw ValidationError("--cores must list core numbers, e.g. 0,1") }
+            pinned = list
+        }
+        let status = Worker.run(Worker.Options(jobDirectory: URL(fileURLWithPath: jobDir), dataRoots: dataRoots, cores: pinned, parent: parent))
+        throw ExitCode(status)
     }
 }
 
 /// The training daemon. Every option also reads from the environment (`MOCOD_PORT`, ...).
 struct Mocod: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "mocod", abstract: "MoCo v2 training daemon with an HTTP API.")
+    static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the daemon (the default command).")
 
     @Option(help: "Address to bind (env MOCOD_HOST). A non-loopback address needs --token-file.")
     var host = ProcessInfo.processInfo.environment["MOCOD_HOST"] ?? "127.0.0.1"

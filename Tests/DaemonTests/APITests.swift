@@ -20,12 +20,14 @@ final class LiveDaemon: @unchecked Sendable {
     private let reportedCounts: CountLog
     var runningCounts: [Int] { reportedCounts.values }
 
-    init(token: String? = nil, budget: CPUBudget? = nil) throws {
+    /// Jobs run in worker processes of the built `mocod` (see `CrashTests.exe`).
+    init(token: String? = nil, budget: CPUBudget? = nil, maxRunning: Int = 1, threads: Int = 1) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("daemon-\(UUID())")
         let root = dir.appendingPathComponent("datasets")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         try LiveDaemon.writeImages(to: root.appendingPathComponent("imgs.npy"), count: 64)
-        let settings = DaemonSettings(dataDirectory: dir, dataRoots: [root.path], maxRunning: 1, threads: 1)
+        let settings = DaemonSettings(dataDirectory: dir, dataRoots: [root.path], maxRunning: maxRunning, threads: threads,
+                                      workerCommand: [CrashTests.exe.path, "worker"])
         var logger = Logger(label: "test")
         logger.logLevel = .error
         let counts = CountLog()
