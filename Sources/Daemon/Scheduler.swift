@@ -5,6 +5,7 @@ import Logging
 import MoCo
 import NN
 import Worker
+import CProcess
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -82,7 +83,7 @@ public final class Scheduler: @unchecked Sendable {
         self.settings = settings
         self.logger = logger
         self.onRunningCountChange = onRunningCountChange
-        self.cores = CorePool(cores: Array(0..<max(settings.threads, 1)))
+        self.cores = CorePool(cores: Self.usableCores(settings.threads))
         // Commands go to workers over pipes: a worker that died must not take the daemon with it.
         signal(SIGPIPE, SIG_IGN)
     }
@@ -224,6 +225,14 @@ public final class Scheduler: @unchecked Sendable {
         worker?.send(Self.command(for: event))
         guard let j = try job(id) else { throw JobError(.notFound, "no job \(id)") }
         return j
+    }
+
+    /// The first `count` cores this process may run on (its affinity mask), or 0..<count if unknown.
+    static func usableCores(_ count: Int) -> [Int] {
+        var allowed = [Int32](repeating: 0, count: 1024)
+        let n = allowed.withUnsafeMutableBufferPointer { mocod_allowed_cores($0.baseAddress, Int32($0.count)) }
+        let usable = n > 0 ? allowed.prefix(Int(n)).map(Int.init) : []
+        return usable.count >= count ? Array(usable.prefix(count)) : Array(0..<max(count, 1))
     }
 
     static func command(for event: JobEvent) -> WorkerCommand {

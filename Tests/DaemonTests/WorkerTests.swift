@@ -1,0 +1,188 @@
+import Daemon
+import Foundation
+import Jobs
+import MoCo
+import NN
+import Testing
+import Worker
+
+/// Jobs in worker processes: the same results concurrently as alone, crash isolation, restarts.
+@Suite(.serialized) struct WorkerTests {
+    static let spec = """
+    {"name": "worker", "data": {"format": "npy", "path": "imgs.npy"},
+     "model": {"arch": "resnet18", "stem": "cifar", "width": 4, "in_channels": 1, "dim": 8},
+     "moco": {"queue": 32, "momentum": 0.9, "temperature": 0.2, "bn_splits": 2},
+     "augment": {"preset": "v2", "size": 8}, "optim": {"batch_size": 16, "epochs": EPOCHS},
+     "checkpoint": {"every_steps": 2, "keep_last": 100}, "threads": 1, "seed": 7, "max_restarts": RESTARTS}
+    """
+
+    static func spec(epochs: Int = 2, restarts: Int = 2) -> String {
+        spec.replacingOccurrences(of: "EPOCHS", with: String(epochs)).replacingOccurrences(of: "RESTARTS", with: String(restarts))
+    }
+
+    func losses(_ d: LiveDaemon, _ id: String) -> [Double] {
+        let points = d.request("GET", "/v1/jobs/\(id)/metrics?max_points=100000").json["points"] as? [[String: Any]] ?? []
+        return points.filter { $0["kind"] as? String == "step" }.compactMap { $0["loss"] as? Double }
+    }
+
+    /// The newest checkpoint's tensors, by name.
+    func lastCheckpoint(_ d: LiveDaemon, _ id: String) throws -> [(String, SafeTensor)] {
+        let store = CheckpointStore(directory: d.dir.appendingPathComponent("jobs/\(id)/checkpoints"), keepLast: 100, keepBest: 0)
+        let last = try #require(store.list().last, "no checkpoint for \(id)")
+        return try SafeTensorsFile.read(from: last.url).tensors.map { ($0.name, $0.tensor) }
+    }
+
+    /// Two identical jobs at once (`--max-running 2`, one pinned thread each) give every loss and
+    /// every checkpoint tensor of the same job run alone, bit for bit. (In one process they shared
+    /// oneDNN's primitives and stream, and 61–64 of 64 losses differed.)
+    @Test func concurrentJobsMatchASoloRunBitForBit() throws {
+        let solo = try LiveDaemon(maxRunning: 1, threads: 1)
+        defer { solo.stop() }
+        let s = try #require(solo.request("POST", "/v1/jobs", body: Self.spec()).json["id"] as? String)
+        #expect(solo.waitFor(s, ["succeeded", "failed"])["state"] as? String == "succeeded")
+
+        let pair = try LiveDaemon(maxRunning: 2, threads: 2)
+        defer { pair.stop() }
+        let a = try #require(pair.request("POST", "/v1/jobs", body: Self.spec()).json["id"] as? String)
+        let b = try #require(pair.request("POST", "/v1/jobs", body: Self.spec()).json["id"] as? String)
+        // Both run at the same time.
+        let deadline = Date().addingTimeInterval(30)
+        var both = false
+        while Date() < deadline && !both {
+            let states = [a, b].map { pair.request("GET", "/v1/jobs/\($0)").json["state"] as? String ?? "" }
+            both = states.allSatisfy { $0 == "running" }
+            if states.contains(where: { $0 == "succeeded" || $0 == "failed" }) { break }
+            usleep(10_000)
+        }
+        #expect(both, "the two jobs never ran at the same time")
+        for id in [a, b] { #expect(pair.waitFor(id, ["succeeded", "failed"])["state"] as? String == "succeeded") }
+
+        let reference = losses(solo, s)
+        #expect(reference.count == 8)
+        for id in [a, b] {
+            #expect(losses(pair, id) == reference, "losses of \(id) differ from the solo run")
+            let mine = try lastCheckpoint(pair, id), theirs = try lastCheckpoint(solo, s)
+            #expect(mine.map(\.0) == theirs.map(\.0))
+            for (x, y) in zip(mine, theirs) { #expect(x.1 == y.1, "\(x.0) of \(id) differs from the solo run") }
+        }
+    }
+
+    /// kill -9 of a worker mid-training: the job restarts from its checkpoint and succeeds, every
+    /// step once; the API answers throughout.
+    @Test func killedWorkerRestartsFromItsCheckpoint() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let id = try #require(d.request("POST", "/v1/jobs", body: Self.spec(epochs: 8)).json["id"] as? String)
+        let jobDir = d.dir.appendingPathComponent("jobs/\(id)").path
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, (d.request("GET", "/v1/jobs/\(id)").json["progress"] as? [String: Any])?["step"] as? Int ?? 0 < 4 { usleep(10_000) }
+        let pids = CrashTests.workerProcesses(jobDirectory: jobDir)
+        try #require(pids.count == 1, "workers: \(pids)")
+        // /healthz every 20 ms while the worker dies and comes back.
+        let latencies = LatencyProbe(port: d.port)
+        latencies.start()
+        kill(pids[0], SIGKILL)
+        let job = d.waitFor(id, ["succeeded", "failed"])
+        latencies.stop()
+        #expect(job["state"] as? String == "succeeded", "\(job)")
+        let steps = (d.request("GET", "/v1/jobs/\(id)/metrics?max_points=100000").json["points"] as? [[String: Any]] ?? [])
+            .filter { $0["kind"] as? String == "step" }.compactMap { $0["step"] as? Int }
+        #expect(steps == Array(1...32), "every step once")
+        let log = String(decoding: d.request("GET", "/v1/jobs/\(id)/logs").body, as: UTF8.self)
+        #expect(log.contains("worker exited abnormally: killed by signal 9") && log.contains("restart 1 of 2"), "\(log)")
+        let (count, failures, p99) = latencies.summary
+        #expect(count > 10 && failures == 0, "healthz: \(failures) of \(count) failed")
+        print("healthz during a worker's kill -9 and restart: \(count) requests, p99 \(String(format: "%.1f", p99 * 1000)) ms")
+    }
+
+    /// A worker that keeps dying: after `max_restarts` restarts the job fails with the reason;
+    /// the daemon carries on.
+    @Test func workerThatKeepsDyingFailsTheJob() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let id = try #require(d.request("POST", "/v1/jobs", body: Self.spec(epochs: 50, restarts: 1)).json["id"] as? String)
+        let jobDir = d.dir.appendingPathComponent("jobs/\(id)").path
+        var kills = 0
+        let deadline = Date().addingTimeInterval(60)
+        var seen: Set<Int32> = []
+        while Date() < deadline && kills < 2 {
+            for pid in CrashTests.workerProcesses(jobDirectory: jobDir) where !seen.contains(pid) {
+                seen.insert(pid)
+                usleep(200_000)
+                kill(pid, SIGKILL)
+                kills += 1
+            }
+            usleep(10_000)
+        }
+        #expect(kills == 2)
+        let job = d.waitFor(id, ["succeeded", "failed"])
+        #expect(job["state"] as? String == "failed")
+        let reason = job["failure_reason"] as? String ?? ""
+        #expect(reason.contains("killed by signal 9") && reason.contains("after 1 restart"), "\(reason)")
+        #expect(d.request("GET", "/healthz").status == 200)
+        // The daemon still runs jobs.
+        let next = try #require(d.request("POST", "/v1/jobs", body: Self.spec(epochs: 1)).json["id"] as? String)
+        #expect(d.waitFor(next, ["succeeded", "failed"])["state"] as? String == "succeeded")
+    }
+}
+
+/// `GET /healthz` in a loop on its own thread, with latencies.
+final class LatencyProbe: @unchecked Sendable {
+    /// Safe to share: the fields are guarded by `lock`.
+    let port: Int
+    private let lock = NSLock()
+    private var running = false
+    private var seconds: [Double] = []
+    private var failed = 0
+    private let done = DispatchSemaphore(value: 0)
+
+    init(port: Int) { self.port = port }
+
+    func start() {
+        lock.lock(); running = true; lock.unlock()
+        Thread.detachNewThread { [self] in
+            let client = LiveDaemonClient(port: port)
+            while isRunning {
+                let t0 = Date()
+                let ok = client.healthz()
+                let dt = Date().timeIntervalSince(t0)
+                lock.lock(); if ok { seconds.append(dt) } else { failed += 1 }; lock.unlock()
+                usleep(20_000)
+            }
+            done.signal()
+        }
+    }
+
+    var isRunning: Bool { lock.lock(); defer { lock.unlock() }; return running }
+
+    func stop() { lock.lock(); running = false; lock.unlock(); done.wait() }
+
+    /// Requests, failures, and the 99th percentile latency in seconds.
+    var summary: (Int, Int, Double) {
+        lock.lock(); defer { lock.unlock() }
+        let sorted = seconds.sorted()
+        let p99 = sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))]
+        return (sorted.count + failed, failed, p99)
+    }
+}
+
+/// The raw-socket client of `LiveDaemon`, for one port.
+struct LiveDaemonClient {
+    let port: Int
+    func healthz() -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        guard withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }) == 0 else { return false }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let req = Array("GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8)
+        _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var buf = [UInt8](repeating: 0, count: 1024)
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        return n > 12 && String(decoding: buf[0..<12], as: UTF8.self).hasPrefix("HTTP/1.1 200")
+    }
+}
