@@ -129,6 +129,7 @@ components:
             keep_best: {type: integer, minimum: 0, maximum: 1000}
         seed: {type: integer, minimum: 0, maximum: 18446744073709551615}
         threads: {type: integer, minimum: 1, maximum: 256}
+        max_restarts: {type: integer, minimum: 0, maximum: 100, description: Restarts of a worker that exits abnormally before the job fails.}
     Job:
       type: object
       required: [id, name, state, priority, created_at, progress, links, spec]
@@ -333,16 +334,16 @@ paths:
   /v1/jobs/{id}/events:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     get:
-      summary: Server-Sent Events (state, metric, eval, checkpoint), live.
+      summary: Server-Sent Events (state, metric, eval, checkpoint, restart), live.
       responses:
         '200':
-          description: 'An event stream: events `state`, `metric`, `eval` and `checkpoint`, each with JSON `data`; a final `shutdown` when the daemon stops.'
+          description: 'An event stream: events `state`, `metric`, `eval`, `checkpoint` and `restart` (a worker exited abnormally and restarts: reason, restart, max_restarts), each with JSON `data`; a final `shutdown` when the daemon stops.'
           content:
             text/event-stream:
               schema:
                 type: object
                 properties:
-                  event: {type: string, enum: [state, metric, eval, checkpoint, shutdown]}
+                  event: {type: string, enum: [state, metric, eval, checkpoint, restart, shutdown]}
                   data: {type: string}
                   id: {type: string}
         '401': {$ref: '#/components/responses/Error'}

@@ -406,32 +406,25 @@ public final class Scheduler: @unchecked Sendable {
             let requested = stopRequests[id]
             let faulted = jobFaults[id] != nil
             lock.unlock()
-            if let last = exit.last {
-                switch last.kind {
-                case .finished: return (.finish, "finished all epochs")
-                case .failed: return (.fail, last.message ?? "the worker failed")
-                default:   // stopped
-                    if let requested {
-                        return (requested, requested == .interrupt ? "daemon stopping; checkpointed" : "\(requested.rawValue) by request; checkpointed")
-                    }
-                    return (.interrupt, "stopped")
-                }
+            let end: WorkerEnd
+            switch exit.last?.kind {
+            case .finished?: end = .finished
+            case .failed?: end = .failed(exit.last?.message ?? "the worker failed")
+            case .stopped?: end = .stopped
+            default:
+                end = .abnormal(exit.description)
+                appendLog(id, "worker exited abnormally: \(exit.description)")
+                log.warning("worker exited abnormally", metadata: ["reason": "\(exit.description)", "restarts": "\(restarts)"])
             }
-            // An abnormal exit: no final event.
-            let why = exit.description
-            appendLog(id, "worker exited abnormally: \(why)")
-            log.warning("worker exited abnormally", metadata: ["reason": "\(why)", "restarts": "\(restarts)"])
-            if let requested, requested == .interrupt {
-                return (.interrupt, "daemon stopping; worker ended: \(why)")   // resumes from its checkpoint on the next start
+            switch Supervision.decide(end, stopRequest: requested, faulted: faulted, restarts: restarts, maxRestarts: spec.max_restarts) {
+            case .end(let event, let reason):
+                return (event, reason)
+            case .restart(let attempt):
+                restarts = attempt
+                appendLog(id, "restarting the worker from the newest valid checkpoint (restart \(attempt) of \(spec.max_restarts))")
+                publish(id, JobStreamEvent(name: "restart", json: Self.json(RestartEvent(reason: exit.description, restart: attempt,
+                                                                                         max_restarts: spec.max_restarts))))
             }
-            guard restarts < spec.max_restarts, requested == nil, !faulted else {
-                let tail = restarts > 0 ? " (after \(restarts) restart\(restarts == 1 ? "" : "s"))" : ""
-                return (.fail, "worker \(why)\(tail)")
-            }
-            restarts += 1
-            let note = "restarting the worker from the newest valid checkpoint (restart \(restarts) of \(spec.max_restarts))"
-            appendLog(id, note)
-            publish(id, JobStreamEvent(name: "restart", json: Self.json(RestartEvent(reason: why, restart: restarts, max_restarts: spec.max_restarts))))
         }
     }
 

@@ -170,7 +170,10 @@ public enum Evaluation {
                 opt.learningRate = schedule.rate(base: learningRate, epoch: epoch, step: s, stepsPerEpoch: steps)
                 let idx = order[(s * bs)..<((s + 1) * bs)]
                 let x = Tensor(uninitialized: [bs, dim])
-                for (r, i) in idx.enumerated() { (x.floats + r * dim).update(from: trainF.withUnsafeBufferPointer { $0.baseAddress! + i * dim }, count: dim) }
+                // The source pointer is used only inside the closure that lends it.
+                trainF.withUnsafeBufferPointer { src in
+                    for (r, i) in idx.enumerated() { (x.floats + r * dim).update(from: src.baseAddress! + i * dim, count: dim) }
+                }
                 let loss = crossEntropy(layer(x), targets: idx.map { train.labels![$0] })
                 opt.zeroGrad()
                 loss.backward()

@@ -154,3 +154,40 @@ import Testing
         #expect(moved())
     }
 }
+
+/// The supervisor's decision when a worker ends, as a table.
+@Suite struct SupervisionTests {
+    @Test(arguments: [
+        (WorkerEnd.finished, nil, false, 0, 2, Supervision.Decision.end(.finish, reason: "finished all epochs")),
+        (.failed("loss became nan"), nil, false, 0, 2, .end(.fail, reason: "loss became nan")),
+        (.stopped, .pause, false, 0, 2, .end(.pause, reason: "pause by request; checkpointed")),
+        (.stopped, .cancel, false, 1, 2, .end(.cancel, reason: "cancel by request; checkpointed")),
+        (.stopped, .interrupt, false, 0, 2, .end(.interrupt, reason: "daemon stopping; checkpointed")),
+        (.stopped, nil, false, 0, 2, .end(.interrupt, reason: "stopped")),
+        (.abnormal("killed by signal 9"), nil, false, 0, 2, .restart(attempt: 1)),
+        (.abnormal("killed by signal 9"), nil, false, 1, 2, .restart(attempt: 2)),
+        (.abnormal("killed by signal 9"), nil, false, 2, 2, .end(.fail, reason: "worker killed by signal 9 (after 2 restarts)")),
+        (.abnormal("exited with status 1"), nil, false, 0, 0, .end(.fail, reason: "worker exited with status 1")),
+        (.abnormal("killed by signal 9"), nil, true, 0, 2, .end(.fail, reason: "worker killed by signal 9")),
+        (.abnormal("killed by signal 15"), .interrupt, false, 0, 2, .end(.interrupt, reason: "daemon stopping; worker ended: killed by signal 15")),
+        (.abnormal("killed by signal 9"), .cancel, false, 0, 2, .end(.cancel, reason: "cancel by request; worker ended: killed by signal 9")),
+        (.failed("disk full"), .pause, true, 0, 2, .end(.fail, reason: "disk full")),
+    ] as [(WorkerEnd, JobEvent?, Bool, Int, Int, Supervision.Decision)])
+    func decisions(_ end: WorkerEnd, _ stop: JobEvent?, _ faulted: Bool, _ restarts: Int, _ max: Int, _ expected: Supervision.Decision) {
+        #expect(Supervision.decide(end, stopRequest: stop, faulted: faulted, restarts: restarts, maxRestarts: max) == expected)
+    }
+
+    /// Cores are taken lowest first, only when enough are free, and come back.
+    @Test func corePool() {
+        var pool = CorePool(cores: [3, 1, 2, 0])
+        #expect(pool.take(2) == [0, 1] && pool.free == [2, 3])
+        #expect(pool.take(3) == nil && pool.free == [2, 3])
+        #expect(pool.take(0) == nil)
+        #expect(pool.take(1) == [2])
+        pool.give([0, 1])
+        #expect(pool.free == [0, 1, 3])
+        pool.give([1, 7])   // already free, not in the pool: ignored
+        #expect(pool.free == [0, 1, 3])
+        #expect(pool.take(3) == [0, 1, 3] && pool.free.isEmpty)
+    }
+}
