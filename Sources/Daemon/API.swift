@@ -194,7 +194,7 @@ public final class API: Sendable {
                     "estimate": ["memory_bytes": memory, "learning_rate": Double(spec.effectiveLearningRate)],
                 ]
                 return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]),
-                                    body: .bytes(Array(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) + [0x0a]))
+                                    body: .bytes(Array(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) + [0x0a]))
             }
             let key = req.headers["Idempotency-Key"]
             if let key, key.isEmpty || key.count > 200 { throw JobError(.invalid, "Idempotency-Key must be 1 to 200 characters") }
@@ -241,7 +241,7 @@ public final class API: Sendable {
     /// already JSON), so a poll does not parse and re-encode the spec.
     func jobJSON(_ j: JobRecord) -> [UInt8] {
         let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         enc.dateEncodingStrategy = .iso8601
         var bytes = Array((try? enc.encode(view(j))) ?? Data("{}".utf8))
         bytes.removeLast()   // the closing brace

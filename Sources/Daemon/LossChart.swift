@@ -4,8 +4,8 @@ import MoCo
 /// The loss curve (left axis) and kNN accuracy (right axis, points) as a self-contained SVG.
 enum LossChart {
     static func svg(title: String, points: [MetricPoint], width: Double = 720, height: Double = 360) -> String {
-        let steps = points.filter { $0.kind == "step" && ($0.loss ?? .nan).isFinite }
-        let evals = points.filter { $0.kind == "eval" && $0.knn_top1 != nil }
+        let steps = points.filter { $0.kind == .step && ($0.loss ?? .nan).isFinite }
+        let evals = points.filter { $0.kind == .eval && $0.knn_top1 != nil }
         let (l, r, t, b) = (60.0, 60.0, 40.0, 40.0)
         let maxStep = Double(max(points.map(\.step).max() ?? 1, 1))
         let losses = steps.compactMap(\.loss)

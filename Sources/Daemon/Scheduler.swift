@@ -576,12 +576,12 @@ public final class Scheduler: @unchecked Sendable {
         case .step, .evaluation:
             guard let p = event.point else { return }
             pending.append(p)
-            lock.lock(); stepsTotal += p.kind == "step" ? 1 : 0; lock.unlock()
-            if Date().timeIntervalSince(lastFlush) > 1 || p.kind == "eval" {
+            lock.lock(); stepsTotal += p.kind == .step ? 1 : 0; lock.unlock()
+            if Date().timeIntervalSince(lastFlush) > 1 || p.kind == .eval {
                 flush(id, &pending, log: log)
                 lastFlush = Date()
             }
-            publish(id, JobStreamEvent(name: p.kind == "eval" ? "eval" : "metric", json: Self.json(p)))
+            publish(id, JobStreamEvent(name: p.kind == .eval ? "eval" : "metric", json: Self.json(p)))
         case .checkpointing:
             // Everything up to a checkpoint is made durable before it exists: after a crash,
             // training resumes there, and no metric point before it may be missing.
@@ -620,7 +620,7 @@ public final class Scheduler: @unchecked Sendable {
         let points = pending
         pending.removeAll()
         do {
-            try store.appendMetrics(points.map { MetricRecord(jobId: id, step: $0.step, kind: $0.kind, json: Self.json($0)) })
+            try store.appendMetrics(points.map { MetricRecord(jobId: id, step: $0.step, kind: $0.kind.rawValue, json: Self.json($0)) })
             try updateProgress(id, with: points)
         } catch {
             fault(id, error, while: "store metrics", log: log)

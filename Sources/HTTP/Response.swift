@@ -25,7 +25,7 @@ public struct HTTPResponse: Sendable {
     /// A JSON response from any `Encodable`.
     public static func json<T: Encodable>(_ value: T, status: HTTPStatus = .ok, headers: HTTPHeaders = HTTPHeaders()) -> HTTPResponse {
         let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         enc.dateEncodingStrategy = .iso8601
         var h = headers
         h.set("Content-Type", "application/json")

@@ -365,7 +365,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
     /// The spec as canonical JSON (sorted keys), as stored in checkpoints.
     public func canonicalJSON() -> String {
         let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return String(decoding: try! enc.encode(self), as: UTF8.self)
     }
 }

@@ -6,7 +6,9 @@ import NN
 
 /// One line of the metrics stream (`metrics.jsonl`): a training step or an evaluation.
 public struct MetricPoint: Sendable, Codable, Equatable {
-    public var kind: String
+    /// A training step, or an evaluation.
+    public enum Kind: String, Sendable, Codable { case step, eval }
+    public var kind: Kind
     /// Optimizer steps done (1-based after the first step).
     public var step: Int
     /// Epoch in progress, 1-based.
@@ -166,7 +168,7 @@ public final class Trainer {
                 let top1 = Evaluation.knn(model.encoderQ, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t)
                 knn = top1
                 bestKNN = max(bestKNN ?? -1, top1)
-                let point = MetricPoint(kind: "eval", step: step, epoch: done, total_steps: total, knn_top1: top1,
+                let point = MetricPoint(kind: .eval, step: step, epoch: done, total_steps: total, knn_top1: top1,
                                         time: Date().timeIntervalSince1970)
                 try metrics.append(point)
                 emit(.evaluated(point))
@@ -215,7 +217,7 @@ public final class Trainer {
                 lastWait = stream.waitSeconds
                 let elapsed = now.timeIntervalSince(started)
                 let rate = Double(step - firstStep) / max(elapsed, 1e-9)
-                let point = MetricPoint(kind: "step", step: step, epoch: epoch + 1, total_steps: total, loss: Double(loss), lr: Double(lr),
+                let point = MetricPoint(kind: .step, step: step, epoch: epoch + 1, total_steps: total, loss: Double(loss), lr: Double(lr),
                                         images_per_second: Double(batch) / max(seconds, 1e-9), data_wait_share: min(1, wait / max(seconds, 1e-9)),
                                         instance_accuracy: Double(result.instanceAccuracy), feature_std: Double(result.featureStd),
                                         loss_at_chance: chance, eta_seconds: Double(total - step) / max(rate, 1e-9), knn_top1: nil,
@@ -248,7 +250,7 @@ final class MetricsWriter {
         if fm.fileExists(atPath: url.path), let old = try? String(contentsOf: url, encoding: .utf8) {
             for line in old.split(separator: "\n") {
                 if let p = try? JSONDecoder().decode(MetricPoint.self, from: Data(line.utf8)), p.step <= step,
-                   !(p.kind == "step" && step == 0), !(dropEvaluationAtStep && p.kind == "eval" && p.step == step) {
+                   !(p.kind == .step && step == 0), !(dropEvaluationAtStep && p.kind == .eval && p.step == step) {
                     kept.append(Data((line + "\n").utf8))
                 }
             }

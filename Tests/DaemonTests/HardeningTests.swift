@@ -81,6 +81,9 @@ import Testing
         let created = d.request("POST", "/v1/jobs", body: Self.spec([("\"epochs\": 2", "\"epochs\": 1")]))
         let id = try #require(created.json["id"] as? String)
         #expect(d.request("GET", "/v1/jobs/\(id)").status == 200)
+        // Links read as written: no escaped slashes (`\/v1\/jobs`).
+        let text = String(decoding: d.request("GET", "/v1/jobs/\(id)").body, as: UTF8.self)
+        #expect(text.contains("\"/v1/jobs/\(id)\"") && !text.contains("\\/"), "\(text.prefix(300))")
         for suffix in ["%00", "%0a", "%7f", "%2f..", "%ff"] {
             let r = d.request("GET", "/v1/jobs/\(id)\(suffix)")
             #expect(r.status == 400 || r.status == 404, "\(suffix): \(r.status)")

@@ -47,7 +47,7 @@ func temporaryDirectory() -> URL {
 func losses(_ dir: URL) -> [Double] {
     let text = (try? String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8)) ?? ""
     return text.split(separator: "\n").compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }
-        .filter { $0.kind == "step" }.compactMap(\.loss)
+        .filter { $0.kind == .step }.compactMap(\.loss)
 }
 
 @Suite(.serialized) struct TrainerTests {
@@ -64,8 +64,8 @@ func losses(_ dir: URL) -> [Double] {
         #expect(try trainer.run() == .finished)
         let points = try String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
             .map { try JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }
-        #expect(points.filter { $0.kind == "step" }.count == 8)   // 2 epochs x 64/16
-        #expect(points.filter { $0.kind == "eval" }.count == 2 && events.count == 2)
+        #expect(points.filter { $0.kind == .step }.count == 8)   // 2 epochs x 64/16
+        #expect(points.filter { $0.kind == .eval }.count == 2 && events.count == 2)
         let first = points[0]
         #expect(first.loss_at_chance! == log(33.0) && first.lr! == Double(Float(0.05)) && first.step == 1 && first.epoch == 1)
         let entries = trainer.store.list()
@@ -115,7 +115,7 @@ func losses(_ dir: URL) -> [Double] {
         #expect(try final.run(resume: resume) == .finished)
         func evals(_ dir: URL) throws -> [MetricPoint] {
             try String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
-                .map { try JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }.filter { $0.kind == "eval" }
+                .map { try JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }.filter { $0.kind == .eval }
         }
         let a = try evals(straight), b = try evals(stopped)
         #expect(b.map(\.epoch) == [1, 2, 3] && b.map(\.step) == [4, 8, 12])
@@ -146,8 +146,8 @@ func losses(_ dir: URL) -> [Double] {
         #expect(try Trainer(spec: spec, train: train, eval: eval, outDirectory: dir).run(resume: ckpt) == .finished)
         let points = try String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
             .map { try JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }
-        #expect(points.filter { $0.kind == "eval" }.map(\.step) == [4, 8])
-        #expect(points.filter { $0.kind == "step" }.map(\.step) == Array(1...8))
+        #expect(points.filter { $0.kind == .eval }.map(\.step) == [4, 8])
+        #expect(points.filter { $0.kind == .step }.map(\.step) == Array(1...8))
     }
 
     @Test func checkpointRoundTrip() throws {
