@@ -297,14 +297,14 @@ public final class API: Sendable {
     func events(_ j: JobRecord) -> HTTPResponse {
         let scheduler = self.scheduler
         let id = j.id
-        let initial = #"{"state":"\#(j.state.rawValue)","step":\#(j.step),"epoch":\#(j.epoch)}"#
+        let initial = Scheduler.json(InitialState(state: j.state, step: j.step, epoch: j.epoch))
         return ServerSentEvents.response { sse in
             let queue = EventQueue()
             let token = scheduler.subscribe(id) { queue.push($0) }
             defer { scheduler.unsubscribe(id, token) }
             guard sse.send(event: "state", data: initial) else { return }
             if scheduler.areStreamsClosed {
-                sse.send(event: "shutdown", data: #"{"reason":"the daemon is stopping"}"#)
+                sse.send(event: JobStreamEvent.shutdown.name, data: JobStreamEvent.shutdown.json)
                 return
             }
             // A finished job has nothing more to say.
@@ -313,14 +313,15 @@ public final class API: Sendable {
                 if let e = queue.pop(timeout: 15) {
                     guard sse.send(event: e.name, data: e.json) else { return }
                     if e.name == "shutdown" { return }   // the daemon is stopping: end the stream now
-                    if e.name == "state", let s = (try? JSONSerialization.jsonObject(with: Data(e.json.utf8)) as? [String: Any])?["state"] as? String,
-                       JobState(rawValue: s)?.isTerminal == true { return }
+                    if e.state?.isTerminal == true { return }
                 } else if !sse.heartbeat() {
                     return
                 }
             }
         }
     }
+
+    struct InitialState: Encodable { var state: JobState; var step: Int; var epoch: Int }
 
     func lossSVG(_ j: JobRecord) throws -> HTTPResponse {
         let points = try store.metrics(j.id).compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.json.utf8)) }

@@ -38,8 +38,24 @@ public struct DaemonSettings: Sendable {
 
 /// A live event of a job, for Server-Sent Events subscribers.
 public struct JobStreamEvent: Sendable {
+    /// The SSE event name: `state`, `metric`, `eval`, `checkpoint`, `restart` or `shutdown`.
     public var name: String
+    /// The event's data (JSON made by `Codable`).
     public var json: String
+    /// For `state` events, the job's new state (so a stream knows when it is over without re-parsing).
+    public var state: JobState?
+    public init(name: String, json: String, state: JobState? = nil) { self.name = name; self.json = json; self.state = state }
+
+    /// A `state` event.
+    static func state(_ state: JobState, reason: String) -> JobStreamEvent {
+        JobStreamEvent(name: "state", json: Scheduler.json(StateData(state: state, reason: reason)), state: state)
+    }
+
+    /// The final event of every stream when the daemon stops.
+    static let shutdown = JobStreamEvent(name: "shutdown", json: Scheduler.json(ShutdownData(reason: "the daemon is stopping")))
+
+    struct StateData: Encodable { var state: JobState; var reason: String }
+    struct ShutdownData: Encodable { var reason: String }
 }
 
 /// Runs jobs: a queue by priority then submission, at most `maxRunning` at once, each training
@@ -185,7 +201,7 @@ public final class Scheduler: @unchecked Sendable {
                                bodyHash: idempotencyKey == nil ? nil : SHA256.hex(body))
         let (job, created) = try store.create(record)
         if created {
-            publish(job.id, JobStreamEvent(name: "state", json: #"{"state":"queued","reason":"submitted"}"#))
+            publish(job.id, .state(.queued, reason: "submitted"))
             schedule()
         }
         return (job, created)
@@ -325,7 +341,7 @@ public final class Scheduler: @unchecked Sendable {
     public func closeStreams() {
         lock.lock(); streamsClosed = true; let all = subscribers; lock.unlock()
         for (_, subs) in all {
-            for s in subs.values { s(JobStreamEvent(name: "shutdown", json: #"{"reason":"the daemon is stopping"}"#)) }
+            for s in subs.values { s(.shutdown) }
         }
     }
 
@@ -677,8 +693,7 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     func publishState(_ j: JobRecord, reason: String) {
-        let r = reason.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: " ")
-        publish(j.id, JobStreamEvent(name: "state", json: #"{"state":"\#(j.state.rawValue)","reason":"\#(r)"}"#))
+        publish(j.id, .state(j.state, reason: reason))
         if j.state == .running { appendLog(j.id, "state: running (\(reason))") }
     }
 }
