@@ -79,7 +79,7 @@ import Worker
         let pids = CrashTests.workerProcesses(jobDirectory: jobDir)
         try #require(pids.count == 1, "workers: \(pids)")
         // /healthz every 20 ms while the worker dies and comes back.
-        let latencies = LatencyProbe(port: d.port)
+        let latencies = LatencyProbe(daemon: d)
         latencies.start()
         kill(pids[0], SIGKILL)
         let job = d.waitFor(id, ["succeeded", "failed"])
@@ -129,22 +129,21 @@ import Worker
 /// `GET /healthz` in a loop on its own thread, with latencies.
 final class LatencyProbe: @unchecked Sendable {
     /// Safe to share: the fields are guarded by `lock`.
-    let port: Int
+    let daemon: LiveDaemon
     private let lock = NSLock()
     private var running = false
     private var seconds: [Double] = []
     private var failed = 0
     private let done = DispatchSemaphore(value: 0)
 
-    init(port: Int) { self.port = port }
+    init(daemon: LiveDaemon) { self.daemon = daemon }
 
     func start() {
         lock.lock(); running = true; lock.unlock()
         Thread.detachNewThread { [self] in
-            let client = LiveDaemonClient(port: port)
             while isRunning {
                 let t0 = Date()
-                let ok = client.healthz()
+                let ok = daemon.request("GET", "/healthz").status == 200
                 let dt = Date().timeIntervalSince(t0)
                 lock.lock(); if ok { seconds.append(dt) } else { failed += 1 }; lock.unlock()
                 usleep(20_000)
@@ -163,26 +162,5 @@ final class LatencyProbe: @unchecked Sendable {
         let sorted = seconds.sorted()
         let p99 = sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))]
         return (sorted.count + failed, failed, p99)
-    }
-}
-
-/// The raw-socket client of `LiveDaemon`, for one port.
-struct LiveDaemonClient {
-    let port: Int
-    func healthz() -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
-        guard withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }) == 0 else { return false }
-        var tv = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let req = Array("GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8)
-        _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        var buf = [UInt8](repeating: 0, count: 1024)
-        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        return n > 12 && String(decoding: buf[0..<12], as: UTF8.self).hasPrefix("HTTP/1.1 200")
     }
 }
