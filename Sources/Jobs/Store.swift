@@ -24,12 +24,14 @@ public struct JobRecord: Codable, Sendable, Equatable, FetchableRecord, Persista
     public var lastLoss: Double?
     public var bestKnn: Double?
     public var seq: Int64?
+    /// Restarts of the job's worker after abnormal exits, over the job's whole life.
+    public var restarts: Int
 
     public init(id: String, name: String, spec: String, state: JobState = .queued, priority: Int = 0, createdAt: Date = Date(),
                 idempotencyKey: String? = nil, bodyHash: String? = nil) {
         self.id = id; self.name = name; self.spec = spec; self.state = state; self.priority = priority; self.createdAt = createdAt
         self.idempotencyKey = idempotencyKey; self.bodyHash = bodyHash
-        epoch = 0; step = 0; totalSteps = 0
+        epoch = 0; step = 0; totalSteps = 0; restarts = 0
     }
 }
 
@@ -189,6 +191,10 @@ public final class JobStore: Sendable {
                 t.column("id", .integer).primaryKey()
                 t.column("at", .datetime).notNull()
             }
+        }
+        m.registerMigration("v3-restarts") { db in
+            // Counted across daemon restarts, so `max_restarts` bounds a job's whole life.
+            try db.alter(table: "jobs") { t in t.add(column: "restarts", .integer).notNull().defaults(to: 0) }
         }
         return m
     }

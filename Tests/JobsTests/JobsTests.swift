@@ -40,7 +40,7 @@ import Testing
         let tables = try s.pool.read { try String.fetchAll($0, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") }
         #expect(Set(tables).isSuperset(of: ["jobs", "transitions", "metric_points", "checkpoints", "health", "grdb_migrations"]))
         let applied = try s.pool.read { try JobStore.migrator.appliedMigrations($0) }
-        #expect(applied == ["v1-jobs", "v2-health"])
+        #expect(applied == ["v1-jobs", "v2-health", "v3-restarts"])
         // The health probe is a real write: it moves the generation and leaves no failure behind.
         let before = s.generation
         try s.probeWrite()
@@ -189,5 +189,138 @@ import Testing
         pool.give([1, 7])   // already free, not in the pool: ignored
         #expect(pool.free == [0, 1, 3])
         #expect(pool.take(3) == [0, 1, 3] && pool.free.isEmpty)
+    }
+}
+
+/// The scheduler as a pure state machine: each row feeds inputs in order and checks the actions
+/// of the last one (and what the machine then holds).
+@Suite struct SchedulingTests {
+    typealias Q = Scheduling.Queued
+    static func q(_ id: String, seq: Int64, priority: Int = 0, threads: Int = 1, restarts: Int = 0, max: Int = 2) -> Q {
+        Q(id: id, priority: priority, seq: seq, threads: threads, restarts: restarts, maxRestarts: max)
+    }
+    static let a = q("a", seq: 1), b = q("b", seq: 2), c = q("c", seq: 3)
+
+    struct Row: Sendable, CustomTestStringConvertible {
+        var name: String
+        var maxRunning = 1
+        var cores = [0, 1]
+        var inputs: [Scheduling.Input]
+        var expected: [Scheduling.Action]
+        var running: [String]? = nil
+        var queue: [String]? = nil
+        var testDescription: String { name }
+    }
+
+    static let rows: [Row] = [
+        Row(name: "nothing launches before the daemon has started",
+            inputs: [.submitted(a)], expected: [], running: [], queue: ["a"]),
+        Row(name: "daemon start: interrupted jobs go back to the queue, then the queue runs by priority and submission",
+            inputs: [.daemonStarted(interrupted: [b], queued: [c, q("p", seq: 9, priority: 5)])],
+            expected: [.transition("b", .interrupt, reason: Scheduling.interruptedReason), .launch("p", threads: 1, cores: nil)],
+            running: ["p"], queue: ["b", "c"]),
+        Row(name: "submitted: one job at a time, unpinned, with its own thread count",
+            inputs: [.daemonStarted(interrupted: [], queued: []), .submitted(q("a", seq: 1, threads: 2))],
+            expected: [.launch("a", threads: 2, cores: nil)], running: ["a"]),
+        Row(name: "a second submission waits for the slot",
+            inputs: [.daemonStarted(interrupted: [], queued: []), .submitted(a), .submitted(b)],
+            expected: [], running: ["a"], queue: ["b"]),
+        Row(name: "two at a time: each is pinned to cores of its own",
+            maxRunning: 2, inputs: [.daemonStarted(interrupted: [], queued: [a]), .submitted(b)],
+            expected: [.launch("b", threads: 1, cores: [1])], running: ["a", "b"]),
+        Row(name: "a job needing more cores than are free waits; the queue does not skip ahead",
+            maxRunning: 2, inputs: [.daemonStarted(interrupted: [], queued: [a]), .submitted(q("w", seq: 2, threads: 2)), .submitted(c)],
+            expected: [], running: ["a"], queue: ["w", "c"]),
+        Row(name: "cores freed: the waiting job gets both",
+            maxRunning: 2, inputs: [.daemonStarted(interrupted: [], queued: [a, q("w", seq: 2, threads: 2)]),
+                                    .workerExited("a", .finished), .coresFreed("a")],
+            expected: [.launch("w", threads: 2, cores: [0, 1])], running: ["w"]),
+        Row(name: "worker exited normally: the job ends, keeping its slot until the end is recorded",
+            inputs: [.daemonStarted(interrupted: [], queued: [a, b]), .workerExited("a", .finished)],
+            expected: [.end("a", .finish, reason: "finished all epochs")], running: ["a"], queue: ["b"]),
+        Row(name: "end recorded: the next job starts",
+            inputs: [.daemonStarted(interrupted: [], queued: [a, b]), .workerExited("a", .finished), .coresFreed("a")],
+            expected: [.launch("b", threads: 1, cores: nil)], running: ["b"]),
+        Row(name: "abnormal exit: restart from the checkpoint",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .workerExited("a", .abnormal("killed by signal 9"))],
+            expected: [.restart("a", attempt: 1, of: 2, reason: "killed by signal 9")], running: ["a"]),
+        Row(name: "restarts used before a daemon restart count",
+            inputs: [.daemonStarted(interrupted: [q("a", seq: 1, restarts: 2)], queued: []), .workerExited("a", .abnormal("killed by signal 9"))],
+            expected: [.end("a", .fail, reason: "worker killed by signal 9 (after 2 restarts)")], running: ["a"]),
+        Row(name: "after the last restart the job fails with the last reason",
+            inputs: [.daemonStarted(interrupted: [], queued: [q("a", seq: 1, max: 1)]), .workerExited("a", .abnormal("killed by signal 9")),
+                     .workerExited("a", .abnormal("exited with status 3"))],
+            expected: [.end("a", .fail, reason: "worker exited with status 3 (after 1 restart)")], running: ["a"]),
+        Row(name: "stop requested for a running job: sent to its worker",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .stopRequested("a", .pause)],
+            expected: [.stop("a", .pause)], running: ["a"]),
+        Row(name: "a paused worker's stop ends the job paused",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .stopRequested("a", .pause), .workerExited("a", .stopped)],
+            expected: [.end("a", .pause, reason: "pause by request; checkpointed")], running: ["a"]),
+        Row(name: "stop requested for a queued job: it leaves the queue through the store",
+            inputs: [.daemonStarted(interrupted: [], queued: [a, b]), .stopRequested("b", .cancel)],
+            expected: [.transition("b", .cancel, reason: "cancelled by request")], running: ["a"], queue: []),
+        Row(name: "stop requested for a job that is ending: nothing more to do",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .workerExited("a", .finished), .stopRequested("a", .cancel)],
+            expected: []),
+        Row(name: "faulted: the worker is stopped once, and the job fails whatever it says",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .faulted("a", reason: "could not store metrics: the disk is full")],
+            expected: [.stop("a", .interrupt)]),
+        Row(name: "a faulted job's second fault sends nothing",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .faulted("a", reason: "x"), .faulted("a", reason: "y")],
+            expected: []),
+        Row(name: "a faulted job that stopped cleanly is still marked failed",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .faulted("a", reason: "could not store metrics: the disk is full"),
+                     .workerExited("a", .stopped)],
+            expected: [.end("a", .fail, reason: "could not store metrics: the disk is full")]),
+        Row(name: "a faulted job is not restarted",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .faulted("a", reason: "x"), .workerExited("a", .abnormal("killed by signal 9"))],
+            expected: [.end("a", .fail, reason: "x")]),
+        Row(name: "shutdown: every running job is interrupted, nothing new starts",
+            maxRunning: 2, inputs: [.daemonStarted(interrupted: [], queued: [b, a, c]), .shutdown],
+            expected: [.stop("a", .interrupt), .stop("b", .interrupt)], running: ["a", "b"], queue: ["c"]),
+        Row(name: "an interrupted job goes back to the queue once its end is recorded, and waits while the daemon stops",
+            inputs: [.daemonStarted(interrupted: [], queued: [a, b]), .shutdown, .workerExited("a", .stopped), .coresFreed("a")],
+            expected: [], running: [], queue: ["a", "b"]),
+        Row(name: "a worker stopped by someone else: interrupted, queued again, and started again",
+            inputs: [.daemonStarted(interrupted: [], queued: [a]), .workerExited("a", .stopped), .coresFreed("a")],
+            expected: [.launch("a", threads: 1, cores: nil)], running: ["a"]),
+        Row(name: "a launch the store refused gives the slot back",
+            maxRunning: 2, inputs: [.daemonStarted(interrupted: [], queued: [q("w", seq: 1, threads: 2), b]), .coresFreed("w")],
+            expected: [.launch("b", threads: 1, cores: [0])], running: ["b"]),
+        Row(name: "an exit of a job the machine does not run is ignored",
+            inputs: [.daemonStarted(interrupted: [], queued: []), .workerExited("z", .finished), .coresFreed("z")],
+            expected: [], running: []),
+    ]
+
+    @Test(arguments: rows)
+    func table(_ row: Row) {
+        var m = Scheduling(maxRunning: row.maxRunning, cores: row.cores)
+        var last: [Scheduling.Action] = []
+        for input in row.inputs { last = m.next(input) }
+        #expect(last == row.expected)
+        if let running = row.running { #expect(m.running.keys.sorted() == running) }
+        if let queue = row.queue { #expect(m.queue.map(\.id) == queue) }
+    }
+
+    /// Cores held by running jobs never overlap, and every core comes back, under any order of ends.
+    @Test func coresNeverShared() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            var m = Scheduling(maxRunning: 3, cores: [0, 1, 2, 3])
+            _ = m.next(.daemonStarted(interrupted: [], queued: []))
+            for i in 0..<12 { _ = m.next(.submitted(Self.q("j\(i)", seq: Int64(i), threads: Int.random(in: 1...3, using: &rng)))) }
+            var guardSteps = 0
+            while !m.running.isEmpty && guardSteps < 100 {
+                guardSteps += 1
+                let held = m.running.values.compactMap(\.cores).flatMap { $0 }
+                #expect(Set(held).count == held.count)
+                #expect(Set(held).isDisjoint(with: m.cores.free))
+                let id = m.running.keys.sorted().randomElement(using: &rng)!
+                _ = m.next(.workerExited(id, .finished))
+                _ = m.next(.coresFreed(id))
+            }
+            #expect(m.queue.isEmpty && m.running.isEmpty && m.cores.free == [0, 1, 2, 3])
+        }
     }
 }
