@@ -21,8 +21,9 @@ final class LiveDaemon: @unchecked Sendable {
     var runningCounts: [Int] { reportedCounts.values }
 
     /// Jobs run in worker processes of the built `mocod` (see `CrashTests.exe`).
-    init(token: String? = nil, budget: CPUBudget? = nil, maxRunning: Int = 1, threads: Int = 1) throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("daemon-\(UUID())")
+    /// - Parameter reusing: the data directory of an earlier daemon (its store and jobs), or nil for a new one.
+    init(token: String? = nil, budget: CPUBudget? = nil, maxRunning: Int = 1, threads: Int = 1, reusing: URL? = nil) throws {
+        dir = reusing ?? FileManager.default.temporaryDirectory.appendingPathComponent("daemon-\(UUID())")
         let root = dir.appendingPathComponent("datasets")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         try LiveDaemon.writeImages(to: root.appendingPathComponent("imgs.npy"), count: 64)
@@ -31,7 +32,7 @@ final class LiveDaemon: @unchecked Sendable {
         var logger = Logger(label: "test")
         logger.logLevel = .error
         let counts = CountLog()
-        scheduler = Scheduler(store: try JobStore(path: settings.databasePath), settings: settings, logger: logger) { n in
+        scheduler = try Scheduler(store: try JobStore(path: settings.databasePath), settings: settings, logger: logger) { n in
             budget?.setLimited(n > 0)
             counts.append(n)
         }
@@ -41,6 +42,7 @@ final class LiveDaemon: @unchecked Sendable {
         cfg.cpuBudget = budget
         server = HTTPServer(configuration: cfg, logger: logger, handler: api.handler())
         try server.start()
+        try scheduler.recover()   // as mocod does: scheduling starts once the stored queue is read
     }
 
     /// `count` gray 8x8 images as a uint8 (N, H, W) NPY file.
@@ -49,11 +51,12 @@ final class LiveDaemon: @unchecked Sendable {
         try Readers.writeNPY(pixels, shape: [count, 8, 8], to: url)
     }
 
-    func stop() {
+    /// Stops as mocod does on SIGTERM; the data directory is removed unless `keepFiles`.
+    func stop(keepFiles: Bool = false) {
         scheduler.shutdown(timeout: 10)
         scheduler.closeStreams()   // as mocod does
         server.shutdown()
-        try? FileManager.default.removeItem(at: dir)
+        if !keepFiles { try? FileManager.default.removeItem(at: dir) }
     }
 
     struct Reply { let status: Int; let headers: [String: String]; let body: Data

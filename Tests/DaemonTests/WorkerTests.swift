@@ -85,6 +85,7 @@ import Worker
         let job = d.waitFor(id, ["succeeded", "failed"])
         latencies.stop()
         #expect(job["state"] as? String == "succeeded", "\(job)")
+        #expect(job["restarts"] as? Int == 1, "\(job)")
         let steps = (d.request("GET", "/v1/jobs/\(id)/metrics?max_points=100000").json["points"] as? [[String: Any]] ?? [])
             .filter { $0["kind"] as? String == "step" }.compactMap { $0["step"] as? Int }
         #expect(steps == Array(1...32), "every step once")
@@ -123,6 +124,40 @@ import Worker
         // The daemon still runs jobs.
         let next = try #require(d.request("POST", "/v1/jobs", body: Self.spec(epochs: 1)).json["id"] as? String)
         #expect(d.waitFor(next, ["succeeded", "failed"])["state"] as? String == "succeeded")
+    }
+}
+
+extension WorkerTests {
+    /// `max_restarts` bounds a job's whole life: restarts used before a daemon restart count after it.
+    @Test func restartsAreCountedAcrossDaemonRestarts() throws {
+        let first = try LiveDaemon()
+        let id = try #require(first.request("POST", "/v1/jobs", body: Self.spec(epochs: 50, restarts: 1)).json["id"] as? String)
+        let jobDir = first.dir.appendingPathComponent("jobs/\(id)").path
+        func killOneWorker(_ d: LiveDaemon, sparing: Set<Int32>) -> Int32? {
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                // Once it has taken a step (so a stop has a checkpoint to resume from).
+                if let pid = CrashTests.workerProcesses(jobDirectory: jobDir).first(where: { !sparing.contains($0) }) {
+                    usleep(300_000)
+                    kill(pid, SIGKILL)
+                    return pid
+                }
+                usleep(10_000)
+            }
+            return nil
+        }
+        let killed = try #require(killOneWorker(first, sparing: []))
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, first.request("GET", "/v1/jobs/\(id)").json["restarts"] as? Int != 1 { usleep(10_000) }
+        #expect(first.request("GET", "/v1/jobs/\(id)").json["restarts"] as? Int == 1)
+        first.stop(keepFiles: true)   // the job checkpoints and goes back to the queue
+        let second = try LiveDaemon(reusing: first.dir)
+        defer { second.stop() }
+        #expect(second.request("GET", "/v1/jobs/\(id)").json["restarts"] as? Int == 1)
+        _ = try #require(killOneWorker(second, sparing: [killed]))
+        let job = second.waitFor(id, ["succeeded", "failed"])
+        #expect(job["state"] as? String == "failed", "\(job)")
+        #expect((job["failure_reason"] as? String ?? "").contains("after 1 restart"), "\(job)")
     }
 }
 

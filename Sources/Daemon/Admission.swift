@@ -1,0 +1,46 @@
+import Foundation
+import Jobs
+import MoCo
+
+/// What a daemon admits: a spec is parsed strictly, its data paths resolved inside the data
+/// roots, and its size held to limits that keep one job from taking the machine.
+extension Scheduler {
+    /// Parses and checks a spec the way a submission would, without creating anything.
+    public func validate(_ body: Data) -> Result<JobSpec, SpecError> {
+        let spec: JobSpec
+        do { spec = try JobSpec.parse(body) } catch { return .failure(error) }
+        var issues: [FieldIssue] = []
+        for (field, path) in [("data.path", spec.data.path)] + (spec.eval.map { [("eval.path", $0.path)] } ?? []) {
+            do { _ = try DataSources.resolve(path, roots: settings.dataRoots, allowAbsolute: false) } catch {
+                issues.append(FieldIssue(field, error.message))
+            }
+        }
+        // Limits that keep one job from taking the machine.
+        if spec.optim.batch_size > 1024 { issues.append(FieldIssue("optim.batch_size", "must be at most 1024 on this daemon")) }
+        if spec.moco.queue > 262_144 { issues.append(FieldIssue("moco.queue", "must be at most 262144 on this daemon")) }
+        if spec.augment.size > 256 { issues.append(FieldIssue("augment.size", "must be at most 256 on this daemon")) }
+        if spec.optim.epochs > 1000 { issues.append(FieldIssue("optim.epochs", "must be at most 1000 on this daemon")) }
+        if spec.threads > settings.threads { issues.append(FieldIssue("threads", "must be at most \(settings.threads) (the daemon's thread budget)")) }
+        let memory = Self.estimatedMemoryBytes(spec)
+        let available = Self.physicalMemory()
+        if Double(memory) > 0.8 * Double(available) {
+            issues.append(FieldIssue("optim.batch_size", "the job needs about \(memory >> 20) MiB, more than 80% of the machine's \(available >> 20) MiB"))
+        }
+        return issues.isEmpty ? .success(spec) : .failure(SpecError(issues))
+    }
+
+    /// A rough upper bound: both encoders' weights, SGD state and gradients, the queue, and the
+    /// activations of one training step (per image: the forward FLOPs of the stem-sized maps).
+    public static func estimatedMemoryBytes(_ spec: JobSpec) -> Int {
+        let c = spec.resnetConfig
+        let w = Double(c.width), s = Double(spec.augment.size)
+        let spatial = spec.model.stem == .cifar ? s * s : (s / 4) * (s / 4)
+        let blocks: Double = c.arch == .resnet18 ? 8 : 16
+        let perImage = spatial * w * 4 * blocks * 2.5 * (c.arch == .resnet50 ? 4 : 1)
+        let params = 11.2e6 * (w / 64) * (w / 64) * (c.arch == .resnet50 ? 2.1 : c.arch == .resnet34 ? 1.9 : 1)
+        let bytes = 4 * (perImage * Double(spec.optim.batch_size) * 2 + params * 5 + Double(spec.moco.queue * spec.model.dim))
+        return Int(bytes) + 300 << 20
+    }
+
+    static func physicalMemory() -> Int { Int(ProcessInfo.processInfo.physicalMemory) }
+}

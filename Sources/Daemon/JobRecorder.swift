@@ -1,0 +1,138 @@
+import Foundation
+import Jobs
+import Logging
+import MoCo
+import NN
+import Worker
+
+/// Records one running job's worker events: metric points and progress into the store (in
+/// batches, and always before a checkpoint exists), checkpoints into the table, lines into the
+/// job's log, and each event to live subscribers. A write the store refuses is reported to
+/// `fault` (the job then stops and fails: its record would be incomplete).
+final class JobRecorder {
+    let id: String
+    let store: JobStore
+    let directory: URL
+    let log: Logger
+    private let events: LiveEvents
+    private let fault: (Error, String) -> Void
+    private let countStep: () -> Void
+    private var pending: [MetricPoint] = []
+    private var lastFlush = Date()
+
+    init(id: String, store: JobStore, directory: URL, log: Logger, events: LiveEvents,
+         fault: @escaping (Error, String) -> Void, countStep: @escaping () -> Void) {
+        self.id = id; self.store = store; self.directory = directory; self.log = log; self.events = events
+        self.fault = fault; self.countStep = countStep
+    }
+
+    func record(_ event: WorkerEvent) {
+        switch event.kind {
+        case .started:
+            let total = event.totalSteps ?? 0
+            do { try store.updateProgress(id) { $0.totalSteps = total } } catch { fault(error, "record progress") }
+            for w in event.warnings ?? [] { log.warning("preflight", metadata: ["warning": "\(w)"]) }
+        case .step, .evaluation:
+            guard let p = event.point else { return }
+            pending.append(p)
+            if p.kind == .step { countStep() }
+            if Date().timeIntervalSince(lastFlush) > 1 || p.kind == .eval { flush() }
+            events.publish(id, JobStreamEvent(p.kind == .eval ? .eval : .metric, p))
+        case .checkpointing:
+            // Everything up to a checkpoint is made durable before it exists: after a crash,
+            // training resumes there, and no metric point before it may be missing.
+            flush()
+        case .checkpointed:
+            guard let c = event.checkpoint else { return }
+            let record = CheckpointRecord(jobId: id, name: c.name, epoch: c.info.epoch, step: c.info.step, bytes: c.bytes, sha256: c.sha256,
+                                          createdAt: c.info.created, knnTop1: c.info.knnTop1)
+            do {
+                try store.recordCheckpoint(record)
+                // Retention may have removed older files: keep the table in step with the folder.
+                let folder = directory.appendingPathComponent("checkpoints")
+                let present = Set((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? [])
+                for old in try store.checkpoints(id) where !present.contains(old.name) { try store.removeCheckpoint(job: id, name: old.name) }
+            } catch {
+                fault(error, "record checkpoint \(c.name)")
+            }
+            events.publish(id, JobStreamEvent(.checkpoint, JobStreamEvent.CheckpointData(name: c.name, sha256: c.sha256)))
+            log.info("checkpoint", metadata: ["checkpoint": "\(c.name)"])
+        case .message:
+            let m = event.message ?? ""
+            log.info("\(m)")
+            appendLog(m)
+        case .finished, .stopped, .failed:
+            break
+        }
+    }
+
+    /// Stores buffered metric points and moves the job's progress to the newest of them.
+    func flush() {
+        lastFlush = Date()
+        guard !pending.isEmpty else { return }
+        let points = pending
+        pending.removeAll()
+        do {
+            try store.appendMetrics(points.map { MetricRecord(jobId: id, step: $0.step, kind: $0.kind.rawValue, json: DaemonJSON.string($0)) })
+            try store.updateProgress(id) { j in
+                for p in points {
+                    j.step = max(j.step, p.step)
+                    j.epoch = max(j.epoch, p.epoch)
+                    if let l = p.loss { j.lastLoss = l }
+                    if let v = p.images_per_second { j.imagesPerSecond = v }
+                    if let e = p.eta_seconds { j.etaSeconds = e }
+                    if let k = p.knn_top1 { j.bestKnn = max(j.bestKnn ?? -1, k) }
+                }
+            }
+        } catch {
+            fault(error, "store metrics")
+        }
+    }
+
+    /// After a crash the newest checkpoint may be on disk but not yet in the table: records it.
+    func syncCheckpointsOnDisk(_ spec: JobSpec) {
+        let known = Set(((try? store.checkpoints(id)) ?? []).map(\.name))
+        for e in checkpointStore(spec).list() where !known.contains(e.url.lastPathComponent) {
+            guard let sha = Checkpoint.recordedDigest(of: e.url) else { continue }
+            let bytes = ((try? FileManager.default.attributesOfItem(atPath: e.url.path))?[.size] as? NSNumber)?.int64Value ?? 0
+            try? store.recordCheckpoint(CheckpointRecord(jobId: id, name: e.url.lastPathComponent, epoch: e.epoch, step: e.step,
+                                                         bytes: bytes, sha256: sha, createdAt: Date(), knnTop1: e.knnTop1))
+        }
+    }
+
+    /// A worker outlives its daemon by up to a step (it stops and checkpoints when the daemon
+    /// dies): the points it wrote to `metrics.jsonl` meanwhile, up to the checkpoint it will
+    /// resume from, are stored now, so every step appears once.
+    func syncMetricsOnDisk(_ spec: JobSpec) {
+        guard let resumeStep = checkpointStore(spec).latestValid()?.step,
+              let text = try? String(contentsOf: directory.appendingPathComponent("metrics.jsonl"), encoding: .utf8) else { return }
+        let stored = ((try? store.lastMetricStep(id)) ?? nil) ?? 0
+        guard stored < resumeStep else { return }
+        pending += text.split(separator: "\n").compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }
+            .filter { $0.step > stored && $0.step <= resumeStep }
+        flush()
+    }
+
+    private func checkpointStore(_ spec: JobSpec) -> CheckpointStore {
+        CheckpointStore(directory: directory.appendingPathComponent("checkpoints"),
+                        keepLast: spec.checkpoint.keep_last, keepBest: spec.checkpoint.keep_best)
+    }
+
+    /// A line in the job's human-readable log (`jobs/<id>/job.log`).
+    func appendLog(_ line: String) { JobLog.append(line, to: directory) }
+}
+
+/// A job's human-readable log (`jobs/<id>/job.log`).
+enum JobLog {
+    static func append(_ line: String, to directory: URL) {
+        let url = directory.appendingPathComponent("job.log")
+        let text = ISO8601DateFormatter().string(from: Date()) + " " + line + "\n"
+        if let h = try? FileHandle(forWritingTo: url) {
+            h.seekToEndOfFile()
+            h.write(Data(text.utf8))
+            try? h.close()
+        } else {
+            try? Data(text.utf8).write(to: url)
+        }
+    }
+}
