@@ -15,6 +15,7 @@ public final class API: Sendable {
     // priority, on a busy machine) is often preempted while holding the lock.
     let stats = Locked(HTTPStats())
     let jobCache = Locked([String: CachedJob]())
+    let specCache = Locked([String: JobSpec]())
 
     /// A job as last read from the store, with its JSON; valid while the store's generation is
     /// unchanged, so polling a training job (its progress is stored about once a second) costs
@@ -187,14 +188,8 @@ public final class API: Sendable {
             let body = Data(req.body)
             if req.query["dry_run"] == "true" {
                 let spec = try scheduler.validate(body).get()
-                let memory = Scheduler.estimatedMemoryBytes(spec)
-                let obj: [String: Any] = [
-                    "spec": (try? JSONSerialization.jsonObject(with: Data(spec.canonicalJSON().utf8))) ?? [:],
-                    "checks": ["valid": true, "queue_multiple_of_batch": spec.moco.queue % spec.optim.batch_size == 0],
-                    "estimate": ["memory_bytes": memory, "learning_rate": Double(spec.effectiveLearningRate)],
-                ]
-                return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]),
-                                    body: .bytes(Array(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) + [0x0a]))
+                return .json(DryRun(spec: spec, checks: .init(valid: true, queue_multiple_of_batch: spec.moco.queue % spec.optim.batch_size == 0),
+                                    estimate: .init(memory_bytes: Scheduler.estimatedMemoryBytes(spec), learning_rate: Double(spec.effectiveLearningRate))))
             }
             let key = req.headers["Idempotency-Key"]
             if let key, key.isEmpty || key.count > 200 { throw JobError(.invalid, "Idempotency-Key must be 1 to 200 characters") }
@@ -219,34 +214,54 @@ public final class API: Sendable {
             if let c = q["cursor"], !c.isEmpty { guard let v = Int64(c) else { throw JobError(.invalid, "invalid cursor") }; cursor = v }
             let jobs = try store.jobs(state: state, limit: limit, before: cursor).map(scheduler.current)
             let next = jobs.count == limit ? jobs.last?.seq.map(String.init) : nil
-            var body = Array(#"{"jobs":["#.utf8)
-            for (i, j) in jobs.enumerated() { if i > 0 { body.append(0x2c) }; body += jobJSON(j) }
-            body += Array(#"],"next_cursor":"#.utf8) + Array((next.map { "\"\($0)\"" } ?? "null").utf8) + Array("}\n".utf8)
-            return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]), body: .bytes(body))
+            return .json(JobList(jobs: jobs.map(view), next_cursor: next))
         }
     }
 
 
     struct JobView: Encodable {
         struct Progress: Encodable { var epoch: Int; var step: Int; var total_steps: Int; var images_per_second: Double?; var eta_seconds: Double? }
-        var id: String, name: String, state: String, priority: Int
+        var id: String, name: String, state: JobState, priority: Int
         var created_at: Date, started_at: Date?, finished_at: Date?
         var failure_reason: String?
         var progress: Progress
         var last_loss: Double?, best_knn_top1: Double?
+        /// Worker restarts after abnormal exits, over the job's life.
+        var restarts: Int
+        var spec: JobSpec?
         var links: [String: String]
     }
 
-    /// A job as JSON: the view's fields plus the stored canonical spec spliced in as is (it is
-    /// already JSON), so a poll does not parse and re-encode the spec.
+    struct JobList: Encodable { var jobs: [JobView]; var next_cursor: String? }
+
+    struct DryRun: Encodable {
+        struct Checks: Encodable { var valid: Bool; var queue_multiple_of_batch: Bool }
+        struct Estimate: Encodable { var memory_bytes: Int; var learning_rate: Double }
+        var spec: JobSpec, checks: Checks, estimate: Estimate
+    }
+
+    struct MetricsPage: Encodable {
+        var job_id: String, next_after_step: Int, total_points: Int
+        var points: [MetricPoint]
+    }
+
+    /// A job as JSON (the cache above keeps one per job until the store changes).
     func jobJSON(_ j: JobRecord) -> [UInt8] {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         enc.dateEncodingStrategy = .iso8601
-        var bytes = Array((try? enc.encode(view(j))) ?? Data("{}".utf8))
-        bytes.removeLast()   // the closing brace
-        bytes += Array(#","spec":"#.utf8) + Array(j.spec.utf8) + [0x7d]
-        return bytes
+        return Array((try? enc.encode(view(j))) ?? Data("{}".utf8))
+    }
+
+    /// A job's spec, decoded once per job (specs never change).
+    func spec(_ j: JobRecord) -> JobSpec? {
+        if let s = specCache.withLock({ $0[j.id] }) { return s }
+        guard let s = try? JSONDecoder().decode(JobSpec.self, from: Data(j.spec.utf8)) else { return nil }
+        specCache.withLock { cache in
+            if cache.count >= 4096 { cache.removeAll() }
+            cache[j.id] = s
+        }
+        return s
     }
 
     func jobResponse(_ j: JobRecord, status: HTTPStatus = .ok, headers: HTTPHeaders = HTTPHeaders()) -> HTTPResponse {
@@ -257,10 +272,10 @@ public final class API: Sendable {
 
     func view(_ j: JobRecord) -> JobView {
         let base = "/v1/jobs/\(j.id)"
-        return JobView(id: j.id, name: j.name, state: j.state.rawValue, priority: j.priority, created_at: j.createdAt, started_at: j.startedAt,
+        return JobView(id: j.id, name: j.name, state: j.state, priority: j.priority, created_at: j.createdAt, started_at: j.startedAt,
                        finished_at: j.finishedAt, failure_reason: j.failureReason,
                        progress: .init(epoch: j.epoch, step: j.step, total_steps: j.totalSteps, images_per_second: j.imagesPerSecond, eta_seconds: j.etaSeconds),
-                       last_loss: j.lastLoss, best_knn_top1: j.bestKnn,
+                       last_loss: j.lastLoss, best_knn_top1: j.bestKnn, restarts: j.restarts, spec: spec(j),
                        links: ["self": base, "metrics": base + "/metrics", "events": base + "/events", "checkpoints": base + "/checkpoints",
                                "loss_svg": base + "/loss.svg", "logs": base + "/logs"])
     }
@@ -277,42 +292,44 @@ public final class API: Sendable {
         let format = q["format"] ?? "json"
         guard format == "json" || format == "csv" else { throw JobError(.invalid, "format must be json or csv") }
         let all = try store.metrics(j.id, afterStep: after)
-        let points = Downsample.evenly(all, max: maxPoints)
+        let records = Downsample.evenly(all, max: maxPoints)
+        let points = records.compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.json.utf8)) }
         let cursor = all.last?.step ?? max(after, -1)
         if format == "csv" {
-            let fields = ["kind", "step", "epoch", "loss", "lr", "images_per_second", "data_wait_share", "instance_accuracy",
-                          "feature_std", "loss_at_chance", "knn_top1"]
-            var text = fields.joined(separator: ",") + "\n"
-            for p in points {
-                let obj = (try? JSONSerialization.jsonObject(with: Data(p.json.utf8)) as? [String: Any]) ?? [:]
-                text += fields.map { f in obj[f].map { "\($0)" } ?? "" }.joined(separator: ",") + "\n"
-            }
+            let columns: [(String, (MetricPoint) -> String?)] = [
+                ("kind", { $0.kind.rawValue }), ("step", { String($0.step) }), ("epoch", { String($0.epoch) }),
+                ("loss", { $0.loss.map { "\($0)" } }), ("lr", { $0.lr.map { "\($0)" } }),
+                ("images_per_second", { $0.images_per_second.map { "\($0)" } }), ("data_wait_share", { $0.data_wait_share.map { "\($0)" } }),
+                ("instance_accuracy", { $0.instance_accuracy.map { "\($0)" } }), ("feature_std", { $0.feature_std.map { "\($0)" } }),
+                ("loss_at_chance", { $0.loss_at_chance.map { "\($0)" } }), ("knn_top1", { $0.knn_top1.map { "\($0)" } }),
+            ]
+            var text = columns.map(\.0).joined(separator: ",") + "\n"
+            for p in points { text += columns.map { $0.1(p) ?? "" }.joined(separator: ",") + "\n" }
             return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "text/csv"), ("X-Next-After-Step", String(cursor))]),
                                 body: .bytes(Array(text.utf8)))
         }
-        let body = #"{"job_id":"\#(j.id)","next_after_step":\#(cursor),"total_points":\#(all.count),"points":["# + points.map(\.json).joined(separator: ",") + "]}\n"
-        return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]), body: .bytes(Array(body.utf8)))
+        return .json(MetricsPage(job_id: j.id, next_after_step: cursor, total_points: all.count, points: points))
     }
 
     func events(_ j: JobRecord) -> HTTPResponse {
         let scheduler = self.scheduler
         let id = j.id
-        let initial = Scheduler.json(InitialState(state: j.state, step: j.step, epoch: j.epoch))
+        let initial = DaemonJSON.string(InitialState(state: j.state, step: j.step, epoch: j.epoch))
         return ServerSentEvents.response { sse in
             let queue = EventQueue()
             let token = scheduler.subscribe(id) { queue.push($0) }
             defer { scheduler.unsubscribe(id, token) }
-            guard sse.send(event: "state", data: initial) else { return }
+            guard sse.send(event: JobStreamEvent.Name.state.rawValue, data: initial) else { return }
             if scheduler.areStreamsClosed {
-                sse.send(event: JobStreamEvent.shutdown.name, data: JobStreamEvent.shutdown.json)
+                sse.send(event: JobStreamEvent.shutdown.name.rawValue, data: JobStreamEvent.shutdown.json)
                 return
             }
             // A finished job has nothing more to say.
             if let current = try? scheduler.job(id), current.state.isTerminal { return }
             while !sse.isClosed {
                 if let e = queue.pop(timeout: 15) {
-                    guard sse.send(event: e.name, data: e.json) else { return }
-                    if e.name == "shutdown" { return }   // the daemon is stopping: end the stream now
+                    guard sse.send(event: e.name.rawValue, data: e.json) else { return }
+                    if e.name == .shutdown { return }   // the daemon is stopping: end the stream now
                     if e.state?.isTerminal == true { return }
                 } else if !sse.heartbeat() {
                     return

@@ -129,10 +129,10 @@ components:
             keep_best: {type: integer, minimum: 0, maximum: 1000}
         seed: {type: integer, minimum: 0, maximum: 18446744073709551615}
         threads: {type: integer, minimum: 1, maximum: 256}
-        max_restarts: {type: integer, minimum: 0, maximum: 100, description: Restarts of a worker that exits abnormally before the job fails.}
+        max_restarts: {type: integer, minimum: 0, maximum: 100, description: 'Restarts of a worker that exits abnormally before the job fails, counted over the job''s life (a daemon restart does not reset them).'}
     Job:
       type: object
-      required: [id, name, state, priority, created_at, progress, links, spec]
+      required: [id, name, state, priority, created_at, progress, restarts, links, spec]
       properties:
         id: {type: string}
         name: {type: string}
@@ -152,6 +152,7 @@ components:
             eta_seconds: {type: [number, 'null']}
         last_loss: {type: [number, 'null']}
         best_knn_top1: {type: [number, 'null']}
+        restarts: {type: integer, minimum: 0, description: 'Worker restarts after abnormal exits over the job''s whole life (across daemon restarts); at most its spec''s max_restarts.'}
         links: {type: object, additionalProperties: {type: string}}
         spec: {$ref: '#/components/schemas/JobSpec'}
     Checkpoint:
