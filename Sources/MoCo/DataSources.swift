@@ -76,7 +76,7 @@ public enum DataSources {
         let path = location.path, root = location.root
         let ds: ImageDataset
         switch source.format {
-        case "idx":
+        case .idx:
             let prefix = source.split == "test" ? "t10k" : "train"
             func pick(_ name: String) throws(DataError) -> String {
                 for candidate in [name + ".gz", name] where FileManager.default.fileExists(atPath: path + "/" + candidate) {
@@ -85,20 +85,18 @@ public enum DataSources {
                 throw DataError(file: path + "/" + name, "missing (looked for \(name) and \(name).gz)")
             }
             ds = try Readers.idx(images: try pick("\(prefix)-images-idx3-ubyte"), labels: try? pick("\(prefix)-labels-idx1-ubyte"), within: root)
-        case "cifar10":
+        case .cifar10:
             let names = source.split == "test" ? ["test_batch.bin"] : (1...5).map { "data_batch_\($0).bin" }
             ds = try Readers.cifar(files: names.map { path + "/" + $0 }, hundred: false, within: root)
-        case "cifar100":
+        case .cifar100:
             ds = try Readers.cifar(files: [path + "/" + (source.split == "test" ? "test.bin" : "train.bin")], hundred: true, within: root)
-        case "folder":
+        case .folder:
             var isDir: ObjCBool = false
             let sub = path + "/" + source.split
             let dir = FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : path
             ds = try Readers.imageFolder(dir, size: size, within: root)
-        case "npy":
+        case .npy:
             ds = try Readers.npy(path, within: root)
-        default:
-            throw DataError(file: source.path, "unknown format \(source.format)")
         }
         return ds.prefix(source.limit)
     }

@@ -21,21 +21,26 @@ public struct SpecError: Error, Sendable, CustomStringConvertible {
 /// Omitted fields take the method's preset; unknown fields are rejected by their path.
 public struct JobSpec: Codable, Sendable, Equatable {
     public enum Method: String, Codable, Sendable, CaseIterable { case moco_v2, moco_v1 }
+    /// How a dataset is stored (see README's data formats).
+    public enum DataFormat: String, Codable, Sendable, CaseIterable { case idx, cifar10, cifar100, folder, npy }
+    /// `linear`: `lr * batch_size / 256`; `none`: `lr` as given.
+    public enum LRScaling: String, Codable, Sendable, CaseIterable { case linear, none }
+    /// `cosine` (per epoch), `cosine_step` (per step), `step` (x0.1 at `milestones`), `constant`.
+    public enum Schedule: String, Codable, Sendable, CaseIterable { case cosine, cosine_step, step, constant }
 
     public struct DataSource: Codable, Sendable, Equatable {
-        /// `idx`, `cifar10`, `cifar100`, `folder` or `npy`.
-        public var format: String
+        public var format: DataFormat
         public var path: String
         /// `train` or `test` (ignored by `npy`; a subfolder name for `folder` when it exists).
         public var split: String
         public var limit: Int?
-        public init(format: String, path: String, split: String, limit: Int? = nil) {
+        public init(format: DataFormat, path: String, split: String, limit: Int? = nil) {
             self.format = format; self.path = path; self.split = split; self.limit = limit
         }
     }
 
     public struct Eval: Codable, Sendable, Equatable {
-        public var format: String
+        public var format: DataFormat
         public var path: String
         public var split: String
         public var limit: Int?
@@ -79,11 +84,10 @@ public struct JobSpec: Codable, Sendable, Equatable {
         /// Learning rate at batch size 256 scaled linearly (`lr * batch_size / 256`) when
         /// `lr_scaling` is `linear`; as given when `none`.
         public var lr: Float
-        public var lr_scaling: String
+        public var lr_scaling: LRScaling
         public var weight_decay: Float
         public var momentum: Float
-        /// `cosine` (per epoch), `cosine_step` (per step), `step` (x0.1 at `milestones`), `constant`.
-        public var schedule: String
+        public var schedule: Schedule
         public var milestones: [Int]
         public var warmup_epochs: Int
     }
@@ -162,18 +166,55 @@ public struct JobSpec: Codable, Sendable, Equatable {
         let merged = merge(base, user, path: "", issues: &issues)
         checkNumbers(merged, path: "", issues: &issues)
         guard issues.isEmpty else { throw SpecError(issues) }
+        // Closed sets are checked here, so their problems are reported with the rest (a decoder
+        // stops at the first); a value outside its set is decoded as the set's first member.
+        var decodable = merged
+        let choiceIssues = checkChoices(&decodable)
         let spec: JobSpec
         do {
-            let data = try JSONSerialization.data(withJSONObject: merged)
+            let data = try JSONSerialization.data(withJSONObject: decodable)
             spec = try JSONDecoder().decode(JobSpec.self, from: data)
         } catch let error as DecodingError {
             throw SpecError([describe(error)])
         } catch {
             throw SpecError([FieldIssue("$", "\(error)")])
         }
-        let problems = spec.validate()
+        let problems = choiceIssues + spec.validate()
         guard problems.isEmpty else { throw SpecError(problems) }
         return spec
+    }
+
+    /// The closed sets among the fields: each path with its members and the problem reported
+    /// for any other value.
+    static let choices: [(path: [String], members: [String], problem: String)] = {
+        func oneOf(_ m: [String]) -> String { "must be one of \(m.joined(separator: ", "))" }
+        let formats = DataFormat.allCases.map(\.rawValue)
+        let schedules = Schedule.allCases.map(\.rawValue)
+        let archs = ResNetConfig.Arch.allCases.map(\.rawValue), stems = ResNetConfig.Stem.allCases.map(\.rawValue)
+        let presets = AugmentConfig.Preset.allCases.map(\.rawValue)
+        return [
+            (["data", "format"], formats, oneOf(formats)),
+            (["eval", "format"], formats, oneOf(formats)),
+            (["model", "arch"], archs, oneOf(archs)),
+            (["model", "stem"], stems, oneOf(stems)),
+            (["augment", "preset"], presets, oneOf(presets)),
+            (["optim", "lr_scaling"], LRScaling.allCases.map(\.rawValue), "must be linear or none"),
+            (["optim", "schedule"], schedules, oneOf(schedules)),
+        ]
+    }()
+
+    /// Reports (and replaces with the set's first member) every closed-set field whose value is
+    /// a string outside its set; other types are left for the decoder to name.
+    static func checkChoices(_ object: inout [String: Any]) -> [FieldIssue] {
+        var issues: [FieldIssue] = []
+        for (path, members, problem) in choices {
+            guard var section = object[path[0]] as? [String: Any], let value = section[path[1]] as? String,
+                  !members.contains(value) else { continue }
+            issues.append(FieldIssue(path.joined(separator: "."), problem))
+            section[path[1]] = members[0]
+            object[path[0]] = section
+        }
+        return issues
     }
 
     /// `user` over `base`: objects merge field by field; a field `base` lacks is unknown.
@@ -250,9 +291,6 @@ public struct JobSpec: Codable, Sendable, Equatable {
 
     // MARK: - Validation
 
-    public static let formats = ["idx", "cifar10", "cifar100", "folder", "npy"]
-    public static let schedules = ["cosine", "cosine_step", "step", "constant"]
-
     /// Range and consistency checks on a decoded spec (every problem, in field order).
     ///
     /// Total: every numeric field is range-checked on its own first (zero, negative, huge and
@@ -272,12 +310,10 @@ public struct JobSpec: Codable, Sendable, Equatable {
         }
         need(!name.isEmpty && name.count <= 128, "name", "must be 1 to 128 characters")
         need(name.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7f...0x9f).contains($0.value) }, "name", "must not contain control characters")
-        need(Self.formats.contains(data.format), "data.format", "must be one of \(Self.formats.joined(separator: ", "))")
         path("data.path", data.path)
         need(["train", "test"].contains(data.split) || Self.isPlainName(data.split), "data.split", "must be train, test or a plain folder name")
         need(data.limit.map { between($0, 1, Self.maxImages) } ?? true, "data.limit", "must be between 1 and \(Self.maxImages), or null")
         if let e = eval {
-            need(Self.formats.contains(e.format), "eval.format", "must be one of \(Self.formats.joined(separator: ", "))")
             path("eval.path", e.path)
             need(["train", "test"].contains(e.split) || Self.isPlainName(e.split), "eval.split", "must be train, test or a plain folder name")
             need(e.limit.map { between($0, 1, Self.maxImages) } ?? true, "eval.limit", "must be between 1 and \(Self.maxImages), or null")
@@ -304,10 +340,8 @@ public struct JobSpec: Codable, Sendable, Equatable {
         let batchOK = need(between(optim.batch_size, 2, 4096), "optim.batch_size", "must be between 2 and 4096")
         let epochsOK = need(between(optim.epochs, 1, 10_000), "optim.epochs", "must be between 1 and 10000")
         need(optim.lr.isFinite && optim.lr > 0, "optim.lr", "must be positive and finite")
-        need(["linear", "none"].contains(optim.lr_scaling), "optim.lr_scaling", "must be linear or none")
         need(optim.weight_decay.isFinite && between(optim.weight_decay, 0, 1), "optim.weight_decay", "must be between 0 and 1")
         need(optim.momentum.isFinite && optim.momentum >= 0 && optim.momentum < 1, "optim.momentum", "must be in [0, 1)")
-        need(Self.schedules.contains(optim.schedule), "optim.schedule", "must be one of \(Self.schedules.joined(separator: ", "))")
         need(optim.milestones.count <= 100, "optim.milestones", "must have at most 100 entries")
         need(optim.milestones.allSatisfy { between($0, 1, 10_000) }, "optim.milestones", "entries must be epochs between 1 and 10000")
         let warmupOK = need(between(optim.warmup_epochs, 0, 10_000), "optim.warmup_epochs", "must be between 0 and 10000")
@@ -345,15 +379,15 @@ public struct JobSpec: Codable, Sendable, Equatable {
 
     /// The learning rate actually used (`lr` scaled by `batch_size / 256` under linear scaling).
     public var effectiveLearningRate: Float {
-        optim.lr_scaling == "linear" ? optim.lr * Float(optim.batch_size) / 256 : optim.lr
+        optim.lr_scaling == .linear ? optim.lr * Float(optim.batch_size) / 256 : optim.lr
     }
 
     public var schedule: LearningRateSchedule {
         let main: LearningRateSchedule = switch optim.schedule {
-        case "cosine": .cosine(epochs: optim.epochs, perStep: false)
-        case "cosine_step": .cosine(epochs: optim.epochs, perStep: true)
-        case "step": .multiStep(milestones: optim.milestones, gamma: 0.1)
-        default: .constant
+        case .cosine: .cosine(epochs: optim.epochs, perStep: false)
+        case .cosine_step: .cosine(epochs: optim.epochs, perStep: true)
+        case .step: .multiStep(milestones: optim.milestones, gamma: 0.1)
+        case .constant: .constant
         }
         return optim.warmup_epochs > 0 ? .warmup(epochs: optim.warmup_epochs, then: main) : main
     }

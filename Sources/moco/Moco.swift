@@ -211,7 +211,7 @@ struct Eval: ParsableCommand {
 
 /// The spec's `data` object on the command line (`format`, `path`, `split`, `limit`).
 struct DataArgument: Decodable {
-    var format: String
+    var format: JobSpec.DataFormat
     var path: String
     var split: String?
     var limit: Int?

@@ -8,14 +8,14 @@ import Testing
     @Test func exampleParsesWithPresetDefaults() throws {
         let spec = try JobSpec.parse(Self.example)
         #expect(spec.name == "fmnist-v2" && spec.moco.queue == 4096 && spec.model.width == 32)
-        #expect(spec.optim.lr_scaling == "linear" && spec.optim.warmup_epochs == 0)   // filled in from moco_v2
+        #expect(spec.optim.lr_scaling == .linear && spec.optim.warmup_epochs == 0)   // filled in from moco_v2
         // The minimal spec takes the paper's ImageNet defaults.
         let minimal = try JobSpec.parse(Data(#"{"data": {"path": "x"}}"#.utf8))
         #expect(minimal.moco.queue == 65536 && minimal.moco.momentum == 0.999 && minimal.moco.temperature == 0.2)
-        #expect(minimal.model.arch == .resnet50 && minimal.optim.schedule == "cosine" && minimal.optim.epochs == 200)
+        #expect(minimal.model.arch == .resnet50 && minimal.optim.schedule == .cosine && minimal.optim.epochs == 200)
         #expect(minimal.eval == nil)
         let v1 = try JobSpec.parse(Data(#"{"method": "moco_v1", "data": {"path": "x"}}"#.utf8))
-        #expect(v1.moco.temperature == 0.07 && v1.model.mlp_hidden == 0 && v1.augment.preset == .v1 && v1.optim.schedule == "step")
+        #expect(v1.moco.temperature == 0.07 && v1.model.mlp_hidden == 0 && v1.augment.preset == .v1 && v1.optim.schedule == .step)
     }
 
     @Test func everyProblemIsListedWithItsPath() {
@@ -44,6 +44,40 @@ import Testing
         }
         #expect(throws: SpecError.self) { try JobSpec.parse(Data("[1]".utf8)) }
         #expect(throws: SpecError.self) { try JobSpec.parse(Data("{".utf8)) }
+    }
+
+    /// Closed sets are enums; a value outside one is reported with its members, together with
+    /// every other problem (a decoder alone would stop at the first).
+    @Test func closedSetsAreReportedWithTheRest() {
+        let bad = #"""
+        {"data": {"path": "x", "format": "csv"}, "eval": {"path": "y", "format": "tar"}, "model": {"arch": "vgg", "stem": "tiny"},
+         "augment": {"preset": "v3"}, "optim": {"lr_scaling": "sqrt", "schedule": "linear", "lr": -1}}
+        """#
+        do {
+            _ = try JobSpec.parse(Data(bad.utf8))
+            Issue.record("accepted")
+        } catch {
+            let found = Dictionary(error.issues.map { ($0.field, $0.problem) }, uniquingKeysWith: { a, _ in a })
+            #expect(found == [
+                "data.format": "must be one of idx, cifar10, cifar100, folder, npy",
+                "eval.format": "must be one of idx, cifar10, cifar100, folder, npy",
+                "model.arch": "must be one of resnet18, resnet34, resnet50",
+                "model.stem": "must be one of imagenet, cifar",
+                "augment.preset": "must be one of v2, v1, none",
+                "optim.lr_scaling": "must be linear or none",
+                "optim.schedule": "must be one of cosine, cosine_step, step, constant",
+                "optim.lr": "must be positive and finite",
+            ], "\(error)")
+        }
+        // A value of the wrong type is named by the decoder.
+        do {
+            _ = try JobSpec.parse(Data(#"{"data": {"path": "x", "format": 3}}"#.utf8))
+            Issue.record("accepted")
+        } catch {
+            #expect(error.issues.map(\.field) == ["data.format"] && error.issues[0].problem == "must be a string", "\(error)")
+        }
+        let ok = try? JobSpec.parse(Data(#"{"data": {"path": "x", "format": "npy"}, "optim": {"schedule": "cosine_step", "lr_scaling": "none"}}"#.utf8))
+        #expect(ok?.data.format == .npy && ok?.optim.schedule == .cosine_step && ok?.optim.lr_scaling == JobSpec.LRScaling.none)
     }
 
     @Test func learningRateScalesWithBatch() throws {
