@@ -89,7 +89,12 @@ struct Mocod: ParsableCommand {
         let settings = DaemonSettings(dataDirectory: dir, dataRoots: roots, maxRunning: maxRunning, threads: threads)
         let store = try JobStore(path: settings.databasePath)
         let budget = apiCPUShare > 0 ? CPUBudget(share: apiCPUShare) : nil
-        let scheduler = try Scheduler(store: store, settings: settings, logger: logger) { running in budget?.setLimited(running > 0) }
+        let scheduler: Scheduler
+        do {
+            scheduler = try Scheduler(store: store, settings: settings, logger: logger) { running in budget?.setLimited(running > 0) }
+        } catch let e as JobError {
+            throw ValidationError(e.message)
+        }
         let api = API(scheduler: scheduler, token: token, openAPI: OpenAPIDocument.text, budget: budget)
         var cfg = ServerConfiguration()
         cfg.host = host == "localhost" ? "127.0.0.1" : host

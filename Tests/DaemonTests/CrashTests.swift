@@ -63,6 +63,24 @@ import Testing
 
     func json(_ d: Data) -> [String: Any] { (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] ?? [:] }
 
+    /// With jobs pinned to cores of their own, mocod will not start with more threads than the
+    /// cores it may run on (it would pin workers to cores that do not exist).
+    @Test func refusesMoreThreadsThanItsCoresWhenPinning() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build mocod first (swift build)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cores-\(UUID())")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let p = Process()
+        p.executableURL = Self.exe
+        p.arguments = ["--port", "0", "--data-dir", dir.path, "--max-running", "2", "--threads", "4097"]
+        let err = Pipe()
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = err
+        try p.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 64 && text.contains("--threads 4097 is more than the"), "\(p.terminationStatus): \(text)")
+    }
+
     @Test func killedDaemonResumesFromCheckpoint() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build mocod first (swift build)")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("crash-\(UUID())")
