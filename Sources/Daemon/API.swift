@@ -16,6 +16,9 @@ public final class API: Sendable {
     let stats = Locked(HTTPStats())
     let jobCache = Locked([String: CachedJob]())
     let specCache = Locked([String: JobSpec]())
+    /// The server this API answers on, for its connection counters in `/metrics` (set once it exists).
+    let server = Locked<HTTPServer?>(nil)
+    public func attach(_ server: HTTPServer) { self.server.withLock { $0 = server } }
 
     /// A job as last read from the store, with its JSON; valid while the store's generation is
     /// unchanged, so polling a training job (its progress is stored about once a second) costs
@@ -435,6 +438,10 @@ public final class API: Sendable {
             out += "mocod_api_cpu_budget_waits_total \(w.requests)\n"
             out += "# HELP mocod_api_cpu_budget_wait_seconds_total Time requests waited for the CPU budget.\n# TYPE mocod_api_cpu_budget_wait_seconds_total counter\n"
             out += "mocod_api_cpu_budget_wait_seconds_total \(w.seconds)\n"
+        }
+        if let server = server.withLock({ $0 }) {
+            out += "# HELP mocod_http_connections_reclaimed_total Idle connections (no request under way) closed at the connection cap to admit new clients.\n"
+            out += "# TYPE mocod_http_connections_reclaimed_total counter\nmocod_http_connections_reclaimed_total \(server.reclaimedCount)\n"
         }
         out += stats.withLock { $0 }.prometheus()
         return HTTPResponse(contentType: "text/plain; version=0.0.4", text: out)

@@ -103,6 +103,7 @@ struct Mocod: ParsableCommand {
         var httpLogger = logger
         httpLogger.logLevel = logger.logLevel == .info ? .notice : logger.logLevel
         let server = HTTPServer(configuration: cfg, logger: httpLogger, handler: api.handler())
+        api.attach(server)
         let bound = try server.start()
         logger.info("mocod listening", metadata: ["http.address": "\(cfg.host):\(bound)", "data_dir": "\(dir.path)", "isa": "\(Runtime.dnnlISA)"])
         print("mocod listening on http://\(cfg.host):\(bound)")

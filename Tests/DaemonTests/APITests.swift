@@ -41,6 +41,7 @@ final class LiveDaemon: @unchecked Sendable {
         var cfg = ServerConfiguration()
         cfg.cpuBudget = budget
         server = HTTPServer(configuration: cfg, logger: logger, handler: api.handler())
+        api.attach(server)
         try server.start()
         try scheduler.recover()   // as mocod does: scheduling starts once the stored queue is read
     }
@@ -219,6 +220,7 @@ final class CountLog: @unchecked Sendable {
         #expect(d.request("GET", "/v1/info").json["api_cpu_share"] as? Double == 0.001)
         let metrics = String(decoding: d.request("GET", "/metrics").body, as: UTF8.self)
         #expect(metrics.contains("mocod_api_cpu_budget_limiting 0\n") && metrics.contains("mocod_api_cpu_budget_waits_total "))
+        #expect(metrics.contains("mocod_http_connections_reclaimed_total 0\n"), "\(metrics)")
     }
 
     /// Pause a running job (it checkpoints and frees the slot), resume it (it continues from that
