@@ -13,9 +13,9 @@ if [ -z "${MOCOD_BIN:-}" ]; then
   swift build -c release --product mocod >/dev/null
   MOCOD_BIN=.build/release/mocod
 fi
+. bench/lib.sh
 work=$(mktemp -d)
-pid=""
-cleanup() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; rm -rf "$work"; }
+cleanup() { stop_mocod; rm -rf "$work"; }
 trap cleanup EXIT
 
 spec() {   # spec THREADS NAME
@@ -30,38 +30,23 @@ PY
 
 # run MODE MAX_RUNNING THREADS_PER_JOB: prints the wall seconds
 run() {
-  local mode=$1 max=$2 threads=$3 dir="$work/$1"
-  mkdir -p "$dir"
-  "$MOCOD_BIN" --port 0 --data-dir "$dir" --max-running "$max" --threads 2 --log-level warning > "$dir/out" 2> "$dir/log" &
-  pid=$!
-  local base=""
-  for _ in $(seq 100); do
-    base=$(sed -n 's/^mocod listening on //p' "$dir/out" | head -1)
-    [ -n "$base" ] && curl -sf "$base/healthz" >/dev/null && break
-    sleep 0.1
-  done
-  [ -n "$base" ] || { echo "mocod did not start" >&2; cat "$dir/log" >&2; exit 1; }
-  local start ids=() id
-  start=$(date +%s.%N)
-  for n in a b; do
-    id=$(curl -sf -X POST -H 'Content-Type: application/json' --data "$(spec "$threads" "$mode-$n")" "$base/v1/jobs" \
-         | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-    ids+=("$id")
-  done
+  local mode=$1 max=$2 threads=$3
+  start_mocod "$work/$mode" --max-running "$max" --threads 2
+  local start ids=() id state n
+  start=$(now)
+  for n in a b; do ids+=("$(submit_job "$(spec "$threads" "$mode-$n")")"); done
   while true; do
     local done=0 failed=""
     for id in "${ids[@]}"; do
-      state=$(curl -sf "$base/v1/jobs/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+      state=$(job_state "$id")
       case $state in succeeded) done=$((done + 1));; failed|cancelled) failed=$id;; esac
     done
-    [ -n "$failed" ] && { echo "$mode: job $failed $state" >&2; curl -s "$base/v1/jobs/$failed" >&2; exit 1; }
+    [ -n "$failed" ] && { echo "$mode: job $failed $state" >&2; curl -s "$MOCOD_BASE/v1/jobs/$failed" >&2; exit 1; }
     [ "$done" -eq "${#ids[@]}" ] && break
     sleep 0.5
   done
-  local end
-  end=$(date +%s.%N)
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-  python3 -c "print(f'{$end - $start:.1f}')"
+  elapsed "$start"
+  stop_mocod
 }
 
 concurrent=$(run concurrent 2 1)
