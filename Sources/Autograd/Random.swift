@@ -45,6 +45,24 @@ extension RandomNumberGenerator {
     }
 }
 
+extension MutableCollection where Self: RandomAccessCollection {
+    /// Shuffles in place with Fisher–Yates (Durstenfeld): for `i` from the last index down to 1,
+    /// swap element `i` with element `next() % (i + 1)`. One draw per swap, `count - 1` in all.
+    ///
+    /// Not the standard library's `shuffle(using:)`: its algorithm and the way it consumes the
+    /// generator are not specified and may change between Swift releases, and data orders,
+    /// shuffle-BN permutations and checkpoints resumed mid-epoch must stay reproducible.
+    /// (`next() % (i + 1)` has a modulo bias of order `i / 2⁶⁴`, negligible here and kept so
+    /// existing seeds keep their orders.)
+    public mutating func fisherYatesShuffle<G: RandomNumberGenerator>(using rng: inout G) {
+        let n = count
+        for i in stride(from: n - 1, to: 0, by: -1) {
+            let j = Int(rng.next() % UInt64(i + 1))
+            swapAt(index(startIndex, offsetBy: i), index(startIndex, offsetBy: j))
+        }
+    }
+}
+
 @inline(__always) func _log(_ x: Double) -> Double {
     #if canImport(Glibc)
     return Glibc.log(x)

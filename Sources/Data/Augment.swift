@@ -130,7 +130,7 @@ public enum Augment {
     static func colorJitter<G: RandomNumberGenerator>(_ img: inout FloatImage, _ cfg: AugmentConfig, rng: inout G) {
         let (b, c, s, h, _) = cfg.jitter
         var order = [0, 1, 2, 3]
-        for i in stride(from: 3, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        order.fisherYatesShuffle(using: &rng)
         func factor(_ strength: Double) -> Float { Float(max(0, 1 - strength) + (2 * strength) * rng.nextUnit()) }
         for op in order {
             switch op {

@@ -57,7 +57,7 @@ public final class BatchLoader: Sendable {
         var idx = Array(0..<dataset.count)
         guard shuffle else { return idx }
         var rng = SeededGenerator(seed: StreamSeed.mix(seed, UInt64(epoch), 0x5EED))
-        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        idx.fisherYatesShuffle(using: &rng)
         return idx
     }
 

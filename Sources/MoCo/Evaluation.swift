@@ -165,7 +165,7 @@ public enum Evaluation {
         let steps = max(n / batch, 1), bs = min(batch, n)
         for epoch in 0..<epochs {
             var order = Array(0..<n)
-            for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+            order.fisherYatesShuffle(using: &rng)
             for s in 0..<steps {
                 opt.learningRate = schedule.rate(base: learningRate, epoch: epoch, step: s, stepsPerEpoch: steps)
                 let idx = order[(s * bs)..<((s + 1) * bs)]

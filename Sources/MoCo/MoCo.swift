@@ -59,7 +59,7 @@ public final class MoCoModel {
     public func keys(_ x: Tensor, rng: inout SeededGenerator) -> Tensor {
         let n = x.shape[0]
         var perm = Array(0..<n)
-        for i in stride(from: n - 1, to: 0, by: -1) { perm.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        perm.fisherYatesShuffle(using: &rng)
         return GradMode.withNoGrad {
             let k = l2Normalized(encoderK(gatherRows(x, perm)))      // N x dim, shuffled order
             var inverse = perm
