@@ -72,7 +72,7 @@ public enum Checkpoint {
         try file.write(to: url)
         let digest = try SHA256.hex(fileAt: url)
         let side = url.appendingPathExtension("sha256")
-        try SafeTensorsFile.writeDurably(Data("\(digest)  \(url.lastPathComponent)\n".utf8), to: side)
+        try DurableFile.write(Data("\(digest)  \(url.lastPathComponent)\n".utf8), to: side)
         return digest
     }
 
@@ -148,22 +148,6 @@ public enum Checkpoint {
             "mean": json(mean), "std": json(std), "image_size": String(info.spec.augment.size),
             "step": String(info.step), "epoch": String(info.epoch), "spec": info.spec.canonicalJSON(),
         ])
-    }
-}
-
-extension SafeTensorsFile {
-    /// Writes raw bytes through a temporary file, fsync and rename (the checkpoint side files).
-    public static func writeDurably(_ data: Data, to url: URL) throws {
-        let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-        guard FileManager.default.createFile(atPath: tmp.path, contents: data) else {
-            throw SafeTensorsError(.io, "cannot write", file: tmp.path)
-        }
-        let fd = open(tmp.path, O_RDONLY)
-        if fd >= 0 { fsync(fd); close(fd) }
-        guard rename(tmp.path, url.path) == 0 else {
-            unlink(tmp.path)
-            throw SafeTensorsError(.io, "cannot rename into place: \(String(cString: strerror(errno)))", file: url.path)
-        }
     }
 }
 

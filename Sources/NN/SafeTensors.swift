@@ -123,31 +123,12 @@ public struct SafeTensorsFile: Sendable, Equatable {
         return out
     }
 
-    /// Writes to `url` through a temporary file in the same folder, fsynced and renamed into place.
+    /// Writes to `url` durably (`DurableFile.write`: a temporary file in the same folder,
+    /// fsynced and renamed into place, then the folder fsynced).
     public func write(to url: URL) throws(SafeTensorsError) {
-        let data = encoded()
-        let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw SafeTensorsError(.io, "cannot create: \(String(cString: strerror(errno)))", file: tmp.path) }
-        var ok = data.withUnsafeBytes { raw -> Bool in
-            var done = 0
-            while done < raw.count {
-                let n = Foundation.write(fd, raw.baseAddress! + done, raw.count - done)
-                if n <= 0 { return false }
-                done += n
-            }
-            return true
+        do { try DurableFile.write(encoded(), to: url) } catch {
+            throw SafeTensorsError(.io, "cannot \(error.step.rawValue): \(error.reason)", file: error.path)
         }
-        ok = ok && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(tmp.path, url.path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(tmp.path)
-            throw SafeTensorsError(.io, "cannot write: \(reason)", file: url.path)
-        }
-        let dfd = open(dir.path, O_RDONLY)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
     }
 
     // MARK: Decoding
