@@ -144,21 +144,52 @@ public struct SafeTensorsFile: Sendable, Equatable {
     /// Parses and validates a whole file image. Every structural problem is an error, never a trap.
     public static func decode(_ data: Data) throws(SafeTensorsError) -> SafeTensorsFile {
         guard data.count >= 8 else { throw SafeTensorsError(.truncated, "file is \(data.count) bytes, shorter than the 8-byte header length") }
-        var n: UInt64 = 0
-        for (i, byte) in data.prefix(8).enumerated() { n |= UInt64(byte) << UInt64(8 * i) }
-        guard n <= UInt64(maxHeaderBytes) else { throw SafeTensorsError(.badHeader, "header length \(n) exceeds the \(maxHeaderBytes)-byte limit") }
-        let headerLength = Int(n)
+        let headerLength = try headerLength(data.prefix(8))
         guard data.count - 8 >= headerLength else {
             throw SafeTensorsError(.truncated, "header says \(headerLength) bytes but only \(data.count - 8) follow")
         }
         let start = data.startIndex
-        let headerData = data[(start + 8)..<(start + 8 + headerLength)]
-        guard let object = try? JSONSerialization.jsonObject(with: headerData), let header = object as? [String: Any] else {
+        let header = try parseHeader(data[(start + 8)..<(start + 8 + headerLength)])
+        let body = data[(start + 8 + headerLength)...]
+        var tensors: [(name: String, tensor: SafeTensor)] = []
+        for e in header.entries.sorted(by: { $0.offsets.lowerBound < $1.offsets.lowerBound }) {
+            guard e.offsets.upperBound <= body.count else {
+                throw SafeTensorsError(.truncated, "tensor \(e.name): data ends at byte \(e.offsets.upperBound) but the data section has \(body.count)")
+            }
+            let slice = body[(body.startIndex + e.offsets.lowerBound)..<(body.startIndex + e.offsets.upperBound)]
+            tensors.append((e.name, SafeTensor(dtype: e.dtype, shape: e.shape, data: Data(slice))))
+        }
+        return SafeTensorsFile(tensors: tensors, metadata: header.metadata)
+    }
+
+    // MARK: The header, shared by `decode` and `readHeader`
+
+    /// One tensor's header entry, validated: its byte range in the data section matches its
+    /// dtype and shape (whether the data section is that long is the caller's check).
+    struct HeaderEntry {
+        var name: String
+        var dtype: SafeTensor.DType
+        var shape: [Int]
+        var offsets: Range<Int>
+    }
+
+    /// The little-endian header length in a file's first 8 bytes, refused above `maxHeaderBytes`.
+    static func headerLength(_ prefix: Data) throws(SafeTensorsError) -> Int {
+        var n: UInt64 = 0
+        for (i, byte) in prefix.prefix(8).enumerated() { n |= UInt64(byte) << UInt64(8 * i) }
+        guard n <= UInt64(maxHeaderBytes) else { throw SafeTensorsError(.badHeader, "header length \(n) exceeds the \(maxHeaderBytes)-byte limit") }
+        return Int(n)
+    }
+
+    /// Parses and validates the JSON header: `__metadata__` a map of strings, every other key a
+    /// tensor entry with a known dtype, a shape of non-negative integers and `data_offsets`
+    /// spanning exactly its bytes.
+    static func parseHeader(_ json: Data) throws(SafeTensorsError) -> (metadata: [String: String], entries: [HeaderEntry]) {
+        guard let object = try? JSONSerialization.jsonObject(with: json), let header = object as? [String: Any] else {
             throw SafeTensorsError(.badHeader, "header is not a JSON object")
         }
-        let body = data[(start + 8 + headerLength)...]
         var metadata: [String: String] = [:]
-        var entries: [(String, SafeTensor, Int)] = []
+        var entries: [HeaderEntry] = []
         for (name, value) in header {
             if name == "__metadata__" {
                 guard let m = value as? [String: Any] else { throw SafeTensorsError(.badHeader, "__metadata__ is not an object") }
@@ -186,14 +217,9 @@ public struct SafeTensorsFile: Sendable, Equatable {
                   off[1] - off[0] == count * dtype.size else {
                 throw SafeTensorsError(.badEntry, "tensor \(name): \(off[1] - off[0]) bytes for shape \(shape) of \(dtype.rawValue)")
             }
-            guard off[1] <= body.count else {
-                throw SafeTensorsError(.truncated, "tensor \(name): data ends at byte \(off[1]) but the data section has \(body.count)")
-            }
-            let slice = body[(body.startIndex + off[0])..<(body.startIndex + off[1])]
-            entries.append((name, SafeTensor(dtype: dtype, shape: shape, data: Data(slice)), off[0]))
+            entries.append(HeaderEntry(name: name, dtype: dtype, shape: shape, offsets: off[0]..<off[1]))
         }
-        entries.sort { $0.2 < $1.2 }
-        return SafeTensorsFile(tensors: entries.map { ($0.0, $0.1) }, metadata: metadata)
+        return (metadata, entries)
     }
 
     private static func intArray(_ a: [Any]) -> [Int]? {
@@ -215,27 +241,23 @@ extension SafeTensorsFile {
         public var entries: [(name: String, dtype: SafeTensor.DType, shape: [Int])]
     }
 
+    /// Reads only the first `8 + header length` bytes, and validates the header as `decode` does.
     public static func readHeader(from url: URL) throws(SafeTensorsError) -> Header {
         guard let handle = try? FileHandle(forReadingFrom: url) else {
             throw SafeTensorsError(.io, "cannot open", file: url.path)
         }
         defer { try? handle.close() }
-        let prefix = (try? handle.read(upToCount: 8)) ?? Data()
-        guard prefix.count == 8 else { throw SafeTensorsError(.truncated, "shorter than the 8-byte header length", file: url.path) }
-        var n: UInt64 = 0
-        for (i, byte) in prefix.enumerated() { n |= UInt64(byte) << UInt64(8 * i) }
-        guard n <= UInt64(maxHeaderBytes) else { throw SafeTensorsError(.badHeader, "header length \(n) exceeds the limit", file: url.path) }
-        let json = (try? handle.read(upToCount: Int(n))) ?? Data()
-        guard json.count == Int(n), let object = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
-            throw SafeTensorsError(.badHeader, "header is truncated or not a JSON object", file: url.path)
+        do throws(SafeTensorsError) {
+            let prefix = (try? handle.read(upToCount: 8)) ?? Data()
+            guard prefix.count == 8 else { throw SafeTensorsError(.truncated, "file is \(prefix.count) bytes, shorter than the 8-byte header length") }
+            let length = try headerLength(prefix)
+            let json = length == 0 ? Data() : (try? handle.read(upToCount: length)) ?? Data()
+            guard json.count == length else { throw SafeTensorsError(.truncated, "header says \(length) bytes but only \(json.count) follow") }
+            let header = try parseHeader(json)
+            return Header(metadata: header.metadata,
+                          entries: header.entries.map { ($0.name, $0.dtype, $0.shape) }.sorted { $0.name < $1.name })
+        } catch {
+            var e = error; e.file = url.path; throw e
         }
-        var meta: [String: String] = [:]
-        var entries: [(name: String, dtype: SafeTensor.DType, shape: [Int])] = []
-        for (k, v) in object {
-            if k == "__metadata__" { for (mk, mv) in (v as? [String: Any]) ?? [:] { meta[mk] = mv as? String } ; continue }
-            guard let e = v as? [String: Any], let d = (e["dtype"] as? String).flatMap(SafeTensor.DType.init(rawValue:)) else { continue }
-            entries.append((k, d, (e["shape"] as? [Int]) ?? []))
-        }
-        return Header(metadata: meta, entries: entries.sorted { $0.name < $1.name })
     }
 }

@@ -23,6 +23,17 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["x.safetensors"])
     }
 
+    /// `readHeader` gives the names, dtypes, shapes and metadata that `read` does.
+    @Test func headerMatchesTheFile() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("h-\(UUID()).safetensors")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try sample().write(to: url)
+        let header = try SafeTensorsFile.readHeader(from: url)
+        #expect(header.metadata == sample().metadata)
+        #expect(header.entries.map(\.name) == ["a", "b", "n"])   // by name
+        #expect(header.entries.map(\.dtype) == [.f32, .f32, .i64] && header.entries.map(\.shape) == [[2, 3], [1], []])
+    }
+
     @Test func moduleStateRoundTrip() throws {
         var rng = SeededGenerator(seed: 9)
         let a = ResNet(ResNetConfig(arch: .resnet18, stem: .cifar, width: 4, inChannels: 1, numClasses: 3), using: &rng)
@@ -71,12 +82,26 @@ import Testing
             ("bad metadata", withHeader(#"{"__metadata__":{"k":1}}"#)),
             ("entry not object", withHeader(#"{"a":3}"#)),
         ]
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("st-corrupt-\(UUID())")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
         for (name, data) in cases {
             do {
                 _ = try SafeTensorsFile.decode(data)
                 Issue.record("\(name): accepted")
             } catch {
                 #expect(!error.message.isEmpty, "\(name)")
+            }
+            // The header-only reader shares the parser: the same files are refused unless the
+            // fault is past the header, in tensor data it does not read.
+            let url = dir.appendingPathComponent("\(name).safetensors")
+            try? data.write(to: url)
+            let pastTheHeader = ["data cut", "past the end"].contains(name)
+            do {
+                _ = try SafeTensorsFile.readHeader(from: url)
+                #expect(pastTheHeader, "\(name): header accepted")
+            } catch {
+                #expect(!pastTheHeader && error.file == url.path && !error.message.isEmpty, "\(name): \(error)")
             }
         }
         #expect(throws: SafeTensorsError.self) { try SafeTensorsFile.read(from: URL(fileURLWithPath: "/nonexistent/x.safetensors")) }
