@@ -106,22 +106,9 @@ public enum Augment {
     /// Bilinear resize of a crop box to `size x size` (half-pixel centers, as torchvision).
     static func resizedCrop(_ img: FloatImage, top: Int, left: Int, height: Int, width: Int, size: Int) -> FloatImage {
         var out = FloatImage(c: img.c, h: size, w: size, v: [Float](repeating: 0, count: img.c * size * size))
-        let sy = Double(height) / Double(size), sx = Double(width) / Double(size)
-        for y in 0..<size {
-            let fy = max(0, (Double(y) + 0.5) * sy - 0.5)
-            let y0 = min(Int(fy), height - 1), y1 = min(y0 + 1, height - 1)
-            let wy = Float(fy - Double(y0))
-            for x in 0..<size {
-                let fx = max(0, (Double(x) + 0.5) * sx - 0.5)
-                let x0 = min(Int(fx), width - 1), x1 = min(x0 + 1, width - 1)
-                let wx = Float(fx - Double(x0))
-                for ch in 0..<img.c {
-                    let a = img[ch, top + y0, left + x0], b = img[ch, top + y0, left + x1]
-                    let c = img[ch, top + y1, left + x0], d = img[ch, top + y1, left + x1]
-                    out[ch, y, x] = (1 - wy) * ((1 - wx) * a + wx * b) + wy * ((1 - wx) * c + wx * d)
-                }
-            }
-        }
+        Bilinear.resample(rows: Bilinear.Axis(outputs: size, start: top, length: height, resized: size, rounding: .scaleFirst),
+                          columns: Bilinear.Axis(outputs: size, start: left, length: width, resized: size, rounding: .scaleFirst),
+                          channels: img.c, sample: { y, x, ch in img[ch, y, x] }, store: { y, x, ch, v in out[ch, y, x] = v })
         return out
     }
 

@@ -320,28 +320,18 @@ enum Resize {
         let (sw, sh) = (max(size, Int((Double(img.width) * scale).rounded())), max(size, Int((Double(img.height) * scale).rounded())))
         let (ox, oy) = ((sw - size) / 2, (sh - size) / 2)
         var out = [UInt8](repeating: 0, count: size * size * channels)
-        for y in 0..<size {
-            let fy = (Double(y + oy) + 0.5) / Double(sh) * Double(img.height) - 0.5
-            let y0 = max(0, min(img.height - 1, Int(fy.rounded(.down)))), y1 = min(img.height - 1, y0 + 1)
-            let wy = max(0, min(1, fy - Double(y0)))
-            for x in 0..<size {
-                let fx = (Double(x + ox) + 0.5) / Double(sw) * Double(img.width) - 0.5
-                let x0 = max(0, min(img.width - 1, Int(fx.rounded(.down)))), x1 = min(img.width - 1, x0 + 1)
-                let wx = max(0, min(1, fx - Double(x0)))
-                func px(_ yy: Int, _ xx: Int, _ c: Int) -> Double {
-                    let base = (yy * img.width + xx) * img.channels
-                    if img.channels == 1 { return Double(img.pixels[base]) }
-                    if channels == 1 {
-                        return 0.299 * Double(img.pixels[base]) + 0.587 * Double(img.pixels[base + 1]) + 0.114 * Double(img.pixels[base + 2])
-                    }
-                    return Double(img.pixels[base + c])
-                }
-                for c in 0..<channels {
-                    let v = (1 - wy) * ((1 - wx) * px(y0, x0, c) + wx * px(y0, x1, c)) + wy * ((1 - wx) * px(y1, x0, c) + wx * px(y1, x1, c))
-                    out[(y * size + x) * channels + c] = UInt8(max(0, min(255, v.rounded())))
-                }
+        // Source values as Double, converted to `channels` (RGB to luma with ITU-R 601-2 weights).
+        func px(_ y: Int, _ x: Int, _ c: Int) -> Double {
+            let base = (y * img.width + x) * img.channels
+            if img.channels == 1 { return Double(img.pixels[base]) }
+            if channels == 1 {
+                return 0.299 * Double(img.pixels[base]) + 0.587 * Double(img.pixels[base + 1]) + 0.114 * Double(img.pixels[base + 2])
             }
+            return Double(img.pixels[base + c])
         }
+        Bilinear.resample(rows: Bilinear.Axis(outputs: size, length: img.height, resized: sh, offset: oy, rounding: .divideFirst),
+                          columns: Bilinear.Axis(outputs: size, length: img.width, resized: sw, offset: ox, rounding: .divideFirst),
+                          channels: channels, sample: px, store: { y, x, c, v in out[(y * size + x) * channels + c] = UInt8(max(0, min(255, v.rounded()))) })
         return out
     }
 }
