@@ -243,10 +243,50 @@ extension SafeTensorsFile {
 
     /// Reads only the first `8 + header length` bytes, and validates the header as `decode` does.
     public static func readHeader(from url: URL) throws(SafeTensorsError) -> Header {
+        let (handle, header) = try openWithHeader(url)
+        try? handle.close()
+        return Header(metadata: header.metadata,
+                      entries: header.entries.map { ($0.name, $0.dtype, $0.shape) }.sorted { $0.name < $1.name })
+    }
+
+    /// The tensors whose names pass `include`, with the file's metadata, reading from disk only
+    /// the header and those tensors' bytes (a checkpoint's query encoder without the key encoder,
+    /// queue and momentum buffers). The header is validated as `decode` does, and every entry,
+    /// read or not, must lie inside the file.
+    public static func read(from url: URL, including include: (String) -> Bool) throws(SafeTensorsError) -> SafeTensorsFile {
+        let (handle, header) = try openWithHeader(url)
+        defer { try? handle.close() }
+        do throws(SafeTensorsError) {
+            guard let size = try? handle.seekToEnd() else { throw SafeTensorsError(.io, "cannot find the file's size") }
+            let bodyCount = Int(size) - header.dataStart
+            var tensors: [(name: String, tensor: SafeTensor)] = []
+            for e in header.entries.sorted(by: { $0.offsets.lowerBound < $1.offsets.lowerBound }) {
+                guard e.offsets.upperBound <= bodyCount else {
+                    throw SafeTensorsError(.truncated, "tensor \(e.name): data ends at byte \(e.offsets.upperBound) but the data section has \(bodyCount)")
+                }
+                guard include(e.name) else { continue }
+                let bytes: Data
+                if e.offsets.isEmpty { bytes = Data() } else {
+                    guard (try? handle.seek(toOffset: UInt64(header.dataStart + e.offsets.lowerBound))) != nil,
+                          let b = try? handle.read(upToCount: e.offsets.count), b.count == e.offsets.count else {
+                        throw SafeTensorsError(.io, "tensor \(e.name): cannot read its \(e.offsets.count) bytes")
+                    }
+                    bytes = b
+                }
+                tensors.append((e.name, SafeTensor(dtype: e.dtype, shape: e.shape, data: bytes)))
+            }
+            return SafeTensorsFile(tensors: tensors, metadata: header.metadata)
+        } catch {
+            var e = error; e.file = url.path; throw e
+        }
+    }
+
+    /// Opens `url` and parses its header, reading `8 + N` bytes; errors name the file.
+    private static func openWithHeader(_ url: URL) throws(SafeTensorsError)
+        -> (FileHandle, (dataStart: Int, metadata: [String: String], entries: [HeaderEntry])) {
         guard let handle = try? FileHandle(forReadingFrom: url) else {
             throw SafeTensorsError(.io, "cannot open", file: url.path)
         }
-        defer { try? handle.close() }
         do throws(SafeTensorsError) {
             let prefix = (try? handle.read(upToCount: 8)) ?? Data()
             guard prefix.count == 8 else { throw SafeTensorsError(.truncated, "file is \(prefix.count) bytes, shorter than the 8-byte header length") }
@@ -254,9 +294,9 @@ extension SafeTensorsFile {
             let json = length == 0 ? Data() : (try? handle.read(upToCount: length)) ?? Data()
             guard json.count == length else { throw SafeTensorsError(.truncated, "header says \(length) bytes but only \(json.count) follow") }
             let header = try parseHeader(json)
-            return Header(metadata: header.metadata,
-                          entries: header.entries.map { ($0.name, $0.dtype, $0.shape) }.sorted { $0.name < $1.name })
+            return (handle, (8 + length, header.metadata, header.entries))
         } catch {
+            try? handle.close()
             var e = error; e.file = url.path; throw e
         }
     }

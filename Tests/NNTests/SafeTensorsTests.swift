@@ -34,6 +34,23 @@ import Testing
         #expect(header.entries.map(\.dtype) == [.f32, .f32, .i64] && header.entries.map(\.shape) == [[2, 3], [1], []])
     }
 
+    /// A partial read gives the chosen tensors as a full read does, and still checks that every
+    /// entry lies inside the file.
+    @Test func partialRead() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("p-\(UUID()).safetensors")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try sample().write(to: url)
+        let some = try SafeTensorsFile.read(from: url) { $0 != "a" }
+        #expect(some.tensors.map(\.name) == ["n", "b"] && some.metadata == sample().metadata)
+        #expect(some["n"] == sample()["n"] && some["b"] == sample()["b"])
+        #expect(try SafeTensorsFile.read(from: url) { _ in true } == SafeTensorsFile.read(from: url))
+        let whole = try Data(contentsOf: url)
+        try whole.prefix(whole.count - 2).write(to: url)
+        #expect { try SafeTensorsFile.read(from: url) { $0 == "n" } } throws: {
+            ($0 as? SafeTensorsError)?.code == .truncated && ($0 as? SafeTensorsError)?.file == url.path
+        }
+    }
+
     @Test func moduleStateRoundTrip() throws {
         var rng = SeededGenerator(seed: 9)
         let a = ResNet(ResNetConfig(arch: .resnet18, stem: .cifar, width: 4, inChannels: 1, numClasses: 3), using: &rng)
