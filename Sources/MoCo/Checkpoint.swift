@@ -133,11 +133,38 @@ public enum Checkpoint {
         return info
     }
 
+    /// The parts of a checkpoint that evaluating, embedding or exporting its query encoder needs:
+    /// the `encoder_q.*` tensors, the `step` and `epoch` that `info(of:)` reads, and the metadata.
+    /// The key encoder, queue and momentum buffers (two thirds of the file and more) are not read.
+    public static func readQueryEncoder(from url: URL) throws(SafeTensorsError) -> SafeTensorsFile {
+        try SafeTensorsFile.read(from: url) { $0.hasPrefix(queryPrefix) || $0 == "step" || $0 == "epoch" }
+    }
+
+    static let queryPrefix = "encoder_q."
+
+    /// The query encoder alone (backbone and projection head, built as the checkpoint's spec
+    /// builds it) holding the checkpoint's `encoder_q.*` tensors, in eval mode. No key encoder or
+    /// queue is built.
+    public static func queryEncoder(_ file: SafeTensorsFile, info: CheckpointInfo) throws(SafeTensorsError) -> ResNet {
+        guard file.tensors.contains(where: { $0.name.hasPrefix(queryPrefix) }) else {
+            throw SafeTensorsError(.missingKey, "checkpoint has no \(queryPrefix)* tensors: no query encoder to load")
+        }
+        let spec = info.spec
+        // The initial values are all overwritten (strict load), so the seed does not matter.
+        var rng = SeededGenerator(seed: 0)
+        let encoder = MoCoModel.makeEncoder(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, bnSplits: spec.moco.bn_splits, rng: &rng)
+        do { try encoder.loadStateDict(file.byName, prefix: queryPrefix, strict: true) } catch {
+            throw SafeTensorsError(error.code, "query encoder: \(error.message)", file: error.file)
+        }
+        encoder.eval()
+        return encoder
+    }
+
     /// The encoder alone, with torchvision's keys (no `encoder_q.` prefix, no head), and the
     /// architecture and input normalization in `__metadata__`.
     public static func exportEncoder(_ file: SafeTensorsFile, mean: [Float], std: [Float]) throws -> SafeTensorsFile {
         let info = try info(of: file)
-        let prefix = "encoder_q."
+        let prefix = queryPrefix
         let tensors = file.tensors.filter { $0.name.hasPrefix(prefix) && !$0.name.hasPrefix(prefix + "fc.") }
             .map { (name: String($0.name.dropFirst(prefix.count)), tensor: $0.tensor) }
         func json(_ v: [Float]) -> String { "[" + v.map { String(Double($0)) }.joined(separator: ", ") + "]" }

@@ -21,19 +21,8 @@ public final class MoCoModel {
     /// random unit vectors. `mlpHidden`: nil = feature width, 0 = linear head (v1).
     public init(config: ResNetConfig, mlpHidden: Int?, queueSize: Int, momentum: Float, temperature: Float,
                 bnSplits: Int, symmetric: Bool, rng: inout SeededGenerator) {
-        func encoder() -> ResNet {
-            let e = ResNet(config, using: &rng)
-            let hidden = mlpHidden ?? config.featureDimension
-            if hidden > 0 {
-                // v2's MLP head takes fc's place: fc.0 Linear, fc.1 ReLU, fc.2 Linear (the MoCo code's naming).
-                e.fc = Sequential([Linear(inputFeatures: config.featureDimension, outputFeatures: hidden, using: &rng), ReLU(),
-                                   Linear(inputFeatures: hidden, outputFeatures: config.numClasses, using: &rng)])
-            }
-            e.setBatchNormGroups(bnSplits)
-            return e
-        }
-        encoderQ = encoder()
-        encoderK = encoder()
+        encoderQ = Self.makeEncoder(config: config, mlpHidden: mlpHidden, bnSplits: bnSplits, rng: &rng)
+        encoderK = Self.makeEncoder(config: config, mlpHidden: mlpHidden, bnSplits: bnSplits, rng: &rng)
         for (k, q) in zip(encoderK.stateEntries(), encoderQ.stateEntries()) {
             switch (k, q) {
             case (.parameter(_, let a), .parameter(_, let b)), (.buffer(_, let a), .buffer(_, let b)): a.assign(b)
@@ -47,6 +36,21 @@ public final class MoCoModel {
         self.momentum = momentum
         self.temperature = temperature
         self.symmetric = symmetric
+    }
+
+    /// One encoder as the method builds it: a ResNet whose `fc` is the projection head (v2's MLP
+    /// `fc.0`, `fc.1` ReLU, `fc.2`, or v1's linear `fc` when `mlpHidden` is 0), with split BN.
+    /// The state-dict keys are those of a checkpoint's `encoder_q.*` after the prefix.
+    public static func makeEncoder(config: ResNetConfig, mlpHidden: Int?, bnSplits: Int, rng: inout SeededGenerator) -> ResNet {
+        let e = ResNet(config, using: &rng)
+        let hidden = mlpHidden ?? config.featureDimension
+        if hidden > 0 {
+            // v2's MLP head takes fc's place: fc.0 Linear, fc.1 ReLU, fc.2 Linear (the MoCo code's naming).
+            e.fc = Sequential([Linear(inputFeatures: config.featureDimension, outputFeatures: hidden, using: &rng), ReLU(),
+                               Linear(inputFeatures: hidden, outputFeatures: config.numClasses, using: &rng)])
+        }
+        e.setBatchNormGroups(bnSplits)
+        return e
     }
 
     /// `θk ← m·θk + (1−m)·θq` for every parameter (buffers are the key encoder's own).

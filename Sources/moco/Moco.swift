@@ -42,23 +42,20 @@ func readJSONArgument(_ text: String) -> Data {
     return d
 }
 
+/// A checkpoint's query-encoder tensors and its info (the key encoder, queue and optimizer state are not read).
 func loadCheckpoint(_ path: String) -> (SafeTensorsFile, CheckpointInfo) {
     do {
-        let file = try SafeTensorsFile.read(from: URL(fileURLWithPath: path))
+        let file = try Checkpoint.readQueryEncoder(from: URL(fileURLWithPath: path))
         return (file, try Checkpoint.info(of: file))
     } catch { fail("\(error)") }
 }
 
-/// The query encoder of a checkpoint, in eval mode, with the normalization it was trained with.
+/// The query encoder of a checkpoint alone, in eval mode, with the normalization it was trained with.
 func encoder(from file: SafeTensorsFile, info: CheckpointInfo, train: ImageDataset?) -> (ResNet, [Float], [Float]) {
-    var rng = SeededGenerator(seed: 0)
-    let model = MoCoModel(config: info.spec.resnetConfig, mlpHidden: info.spec.model.mlp_hidden, queueSize: info.spec.moco.queue,
-                          momentum: info.spec.moco.momentum, temperature: info.spec.moco.temperature, bnSplits: info.spec.moco.bn_splits,
-                          symmetric: info.spec.moco.symmetric, rng: &rng)
-    do { try model.encoderQ.loadStateDict(file.byName, prefix: "encoder_q.", strict: true) } catch { fail("\(error)") }
-    model.encoderQ.eval()
+    let encoder: ResNet
+    do { encoder = try Checkpoint.queryEncoder(file, info: info) } catch { fail("\(error)") }
     let (mean, std) = normalization(info.spec, train: train)
-    return (model.encoderQ, mean, std)
+    return (encoder, mean, std)
 }
 
 func normalization(_ spec: JobSpec, train: ImageDataset?) -> ([Float], [Float]) {

@@ -1,5 +1,7 @@
 import Data
 import Foundation
+import MoCo
+import NN
 import Testing
 
 /// The `moco` executable end to end on a tiny NPY dataset: train, export, embed, eval.
@@ -25,6 +27,64 @@ import Testing
     func writeImages(to url: URL, count: Int) throws {
         let pixels: [UInt8] = (0..<(count * 64)).map { (i: Int) -> UInt8 in UInt8((i * 37 + (i / 64) * 11) % 256) }
         try Readers.writeNPY(pixels, shape: [count, 8, 8], to: url)
+    }
+
+    /// Labeled gray 8x8 images as IDX files (`<prefix>-images-idx3-ubyte`, `<prefix>-labels-idx1-ubyte`).
+    func writeIDX(to dir: URL, prefix: String, count: Int) throws {
+        func be(_ v: Int) -> [UInt8] { [24, 16, 8, 0].map { UInt8(truncatingIfNeeded: v >> $0) } }
+        var images = be(0x803) + be(count) + be(8) + be(8), labels = be(0x801) + be(count)
+        for i in 0..<count {
+            labels.append(UInt8(i % 3))
+            for p in 0..<64 { images.append(p / 8 / 3 == i % 3 ? 200 : UInt8((p * 37 + i * 11) % 80)) }
+        }
+        try Data(images).write(to: dir.appendingPathComponent("\(prefix)-images-idx3-ubyte"))
+        try Data(labels).write(to: dir.appendingPathComponent("\(prefix)-labels-idx1-ubyte"))
+    }
+
+    /// eval, embed and export load the query encoder alone from a checkpoint; one without its
+    /// `encoder_q.*` tensors is refused with the reason.
+    @Test func evalEmbedExportFromACheckpoint() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build moco first (swift build)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-eval-\(UUID())")
+        let data = dir.appendingPathComponent("data/ds")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try writeIDX(to: data, prefix: "train", count: 32)
+        try writeIDX(to: data, prefix: "t10k", count: 12)
+        let spec = """
+        {"name": "cli-eval", "data": {"format": "idx", "path": "ds"},
+         "eval": {"format": "idx", "path": "ds", "split": "test", "knn_k": 5, "knn_t": 0.1},
+         "model": {"arch": "resnet18", "stem": "cifar", "width": 4, "in_channels": 1, "dim": 8},
+         "moco": {"queue": 32, "momentum": 0.9, "temperature": 0.2},
+         "augment": {"preset": "v2", "size": 8}, "optim": {"batch_size": 16, "epochs": 1}, "threads": 1}
+        """
+        try Data(spec.utf8).write(to: dir.appendingPathComponent("spec.json"))
+        let root = dir.appendingPathComponent("data").path
+        let train = try moco(["train", "--config", dir.appendingPathComponent("spec.json").path, "--out", dir.appendingPathComponent("run").path,
+                              "--data-root", root, "--plain"])
+        try #require(train.status == 0, "\(train.err)")
+        let ckpt = dir.appendingPathComponent("run/checkpoints/ckpt-e0001-s00000002.safetensors")
+
+        let knn = try moco(["eval", "knn", "--checkpoint", ckpt.path, "--data-root", root])
+        #expect(knn.status == 0 && knn.out.hasPrefix(#"{"protocol": "knn", "k": 5, "t": 0.1, "top1": "#), "\(knn.out) \(knn.err)")
+        let linear = try moco(["eval", "linear", "--checkpoint", ckpt.path, "--epochs", "2", "--data-root", root])
+        #expect(linear.status == 0 && linear.out.hasPrefix(#"{"protocol": "linear", "epochs": 2, "top1": "#), "\(linear.out) \(linear.err)")
+        let npy = dir.appendingPathComponent("f.npy")
+        let embed = try moco(["embed", "--checkpoint", ckpt.path, "--data", #"{"format":"idx","path":"ds","split":"test"}"#, "--out", npy.path, "--data-root", root])
+        #expect(embed.status == 0 && embed.out.contains("12 x 32 float32"), "\(embed.err)")
+        // The exported tensors are the checkpoint's query encoder, read whole or not.
+        let enc = dir.appendingPathComponent("enc.safetensors")
+        #expect(try moco(["export", "--checkpoint", ckpt.path, "--out", enc.path, "--data-root", root]).status == 0)
+        let exported = try SafeTensorsFile.read(from: enc)
+        let whole = try SafeTensorsFile.read(from: ckpt)
+        #expect(exported.tensors.count == 120 && exported.tensors.allSatisfy { whole["encoder_q." + $0.name] == $0.tensor })
+
+        var headless = whole
+        headless.tensors.removeAll { $0.name.hasPrefix("encoder_q.") }
+        let bad = dir.appendingPathComponent("headless.safetensors")
+        try headless.write(to: bad)
+        let refused = try moco(["eval", "knn", "--checkpoint", bad.path, "--data-root", root])
+        #expect(refused.status == 1 && refused.err.contains("checkpoint has no encoder_q.* tensors"), "\(refused.err)")
     }
 
     @Test func trainExportEmbed() throws {

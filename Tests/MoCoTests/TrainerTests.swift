@@ -209,6 +209,59 @@ func losses(_ dir: URL) -> [Double] {
         #expect(trainer.store.list().last?.step == steps.count)
     }
 
+    /// The query encoder alone, from the checkpoint's `encoder_q.*` tensors only, equals the
+    /// whole model's query encoder after a restore, and gives the same features.
+    @Test func queryEncoderAloneMatchesTheRestoredModel() throws {
+        let spec = tinySpec()
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let trainer = Trainer(spec: spec, train: train, eval: nil, outDirectory: dir)
+        let (model, opt) = trainer.makeModel()
+        var rng = SeededGenerator(seed: 12)
+        for p in model.encoderQ.parameters() { p.assign(Tensor.randn(p.shape, using: &rng)) }
+        opt.loadMomentumBuffers(model.encoderQ.parameters().map { Tensor.full($0.shape, 0.5) })
+        let url = dir.appendingPathComponent("c.safetensors")
+        let info = CheckpointInfo(step: 3, epoch: 1, knnTop1: nil, spec: spec, created: Date(timeIntervalSince1970: 0))
+        try Checkpoint.write(Checkpoint.encode(model: model, optimizer: opt, info: info, rng: rng), to: url)
+
+        let file = try Checkpoint.readQueryEncoder(from: url)
+        #expect(file.tensors.allSatisfy { $0.name.hasPrefix("encoder_q.") || $0.name == "step" || $0.name == "epoch" })
+        #expect(file.tensors.count == model.encoderQ.stateDict().count + 2)
+        #expect(try Checkpoint.info(of: file) == Checkpoint.info(of: SafeTensorsFile.read(from: url)))
+        let encoder = try Checkpoint.queryEncoder(file, info: try Checkpoint.info(of: file))
+        #expect(encoder.stateDict().map(\.name) == model.encoderQ.stateDict().map(\.name))
+        #expect(encoder.stateDict().map(\.tensor) == model.encoderQ.stateDict().map(\.tensor))
+
+        let (whole, opt2) = trainer.makeModel()
+        var rng2 = SeededGenerator(seed: 0)
+        _ = try Checkpoint.restore(SafeTensorsFile.read(from: url), model: whole, optimizer: opt2, rng: &rng2)
+        whole.encoderQ.eval()
+        let images = syntheticDataset(10, seed: 4)
+        #expect(Evaluation.features(encoder, images, mean: [0.5], std: [0.25]) == Evaluation.features(whole.encoderQ, images, mean: [0.5], std: [0.25]))
+        // The exported encoder is the same from the partial read as from the whole file.
+        #expect(try Checkpoint.exportEncoder(file, mean: [0.5], std: [0.25]) == Checkpoint.exportEncoder(SafeTensorsFile.read(from: url), mean: [0.5], std: [0.25]))
+    }
+
+    /// A checkpoint without a query encoder is refused with the reason, not loaded half-way.
+    @Test func queryEncoderNeedsItsTensors() throws {
+        let spec = tinySpec()
+        let (model, opt) = Trainer(spec: spec, train: train, eval: nil, outDirectory: temporaryDirectory()).makeModel()
+        let info = CheckpointInfo(step: 0, epoch: 0, knnTop1: nil, spec: spec, created: Date())
+        var file = Checkpoint.encode(model: model, optimizer: opt, info: info, rng: SeededGenerator(seed: 0))
+        file.tensors.removeAll { $0.name.hasPrefix("encoder_q.") }
+        #expect { try Checkpoint.queryEncoder(file, info: info) } throws: {
+            guard let e = $0 as? SafeTensorsError else { return false }
+            return e.code == .missingKey && e.message.contains("no encoder_q.* tensors")
+        }
+        // One missing tensor: the strict load names it.
+        var partial = Checkpoint.encode(model: model, optimizer: opt, info: info, rng: SeededGenerator(seed: 0))
+        partial.tensors.removeAll { $0.name == "encoder_q.fc.2.bias" }
+        #expect { try Checkpoint.queryEncoder(partial, info: info) } throws: {
+            guard let e = $0 as? SafeTensorsError else { return false }
+            return e.code == .missingKey && e.message.contains("query encoder: missing keys: encoder_q.fc.2.bias")
+        }
+    }
+
     @Test func exportCarriesTorchvisionKeys() throws {
         struct Reference: Decodable { let state_dict: [[Entry]]; enum Entry: Decodable {
             case s(String), other
