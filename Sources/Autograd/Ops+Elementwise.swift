@@ -45,7 +45,9 @@ public func - (a: Tensor, b: Tensor) -> Tensor { add(a, negated(b)) }
 /// `x * s` for a constant `s`.
 public func scaled(_ x: Tensor, by s: Float) -> Tensor {
     let out = Buffer(byteCount: x.desc.byteCount)
-    Vector.scale(x.floats, by: s, into: out.floats, count: x.physicalCount)
+    x.withUnsafeFloats { src in
+        out.withUnsafeMutableFloats { Vector.scale(src.baseAddress!, by: s, into: $0.baseAddress!, count: x.physicalCount) }
+    }
     return Tensor.result(shape: x.shape, desc: x.desc, buffer: out, inputs: [x]) { gy in
         [scaled(gy.reorderedRaw(to: x.desc), by: s)]
     }
@@ -60,7 +62,11 @@ public func multiply(_ a: Tensor, _ b: Tensor) -> Tensor {
     precondition(a.shape == b.shape, "multiply: shapes \(a.shape) and \(b.shape) differ")
     let pa = a.plain(), pb = b.plain()
     let out = Tensor(uninitialized: a.shape)
-    Vector.multiply(pa.floats, pb.floats, into: out.floats, count: a.count)
+    pa.withUnsafeFloats { fa in
+        pb.withUnsafeFloats { fb in
+            out.withUnsafeMutableFloats { Vector.multiply(fa.baseAddress!, fb.baseAddress!, into: $0.baseAddress!, count: a.count) }
+        }
+    }
     return Tensor.result(shape: a.shape, desc: out.desc, buffer: out.buffer, inputs: [pa, pb]) { gy in
         let g = gy.plain()
         return [multiply(g, pb.detached()), multiply(g, pa.detached())]
@@ -70,9 +76,11 @@ public func multiply(_ a: Tensor, _ b: Tensor) -> Tensor {
 /// Sum of all elements, as a scalar.
 public func sum(_ x: Tensor) -> Tensor {
     let p = x.plain()
-    var s: Double = 0
-    let f = p.floats
-    for i in 0..<p.count { s += Double(f[i]) }
+    let s = p.withUnsafeFloats { f in
+        var s: Double = 0
+        for i in 0..<p.count { s += Double(f[i]) }
+        return s
+    }
     let out = Tensor(Float(s))
     return Tensor.result(shape: [], desc: out.desc, buffer: out.buffer, inputs: [p]) { gy in
         [Tensor.full(p.shape, gy.item)]
@@ -88,15 +96,21 @@ public func sumRows(_ x: Tensor) -> Tensor {
     let p = x.plain()
     let n = x.shape[0], d = x.shape[1]
     let out = Tensor(uninitialized: [n, 1])
-    for i in 0..<n {
-        var s: Float = 0
-        for j in 0..<d { s += p.floats[i * d + j] }
-        out.floats[i] = s
+    p.withUnsafeFloats { src in
+        out.withUnsafeMutableFloats { dst in
+            for i in 0..<n {
+                var s: Float = 0
+                for j in 0..<d { s += src[i * d + j] }
+                dst[i] = s
+            }
+        }
     }
     return Tensor.result(shape: [n, 1], desc: out.desc, buffer: out.buffer, inputs: [p]) { gy in
         let g = gy.plain()
         let gx = Tensor(uninitialized: [n, d])
-        for i in 0..<n { for j in 0..<d { gx.floats[i * d + j] = g.floats[i] } }
+        g.withUnsafeFloats { src in
+            gx.withUnsafeMutableFloats { dst in for i in 0..<n { for j in 0..<d { dst[i * d + j] = src[i] } } }
+        }
         return [gx]
     }
 }

@@ -8,8 +8,7 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
     precondition(k == kb, "matmul: inner dimensions \(k) and \(kb) differ")
     let pa = a.plain(), pb = b.plain()
     let out = Tensor(uninitialized: [m, n])
-    GEMM.sgemm(transA: transposeA, transB: transposeB, m: m, n: n, k: k, a: pa.floats, lda: a.shape[1],
-               b: pb.floats, ldb: b.shape[1], c: out.floats, ldc: n)
+    sgemm(transA: transposeA, transB: transposeB, m: m, n: n, k: k, a: pa, lda: a.shape[1], b: pb, ldb: b.shape[1], c: out, ldc: n)
     return Tensor.result(shape: [m, n], desc: out.desc, buffer: out.buffer, inputs: [pa, pb]) { gy in
         let g = gy.plain()
         var ga: Tensor?, gb: Tensor?
@@ -17,11 +16,9 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
             // d op(A) = G · op(B)ᵀ; stored A is op(A) or its transpose.
             let t = Tensor(uninitialized: a.shape)
             if !transposeA {
-                GEMM.sgemm(transA: false, transB: !transposeB, m: m, n: k, k: n, a: g.floats, lda: n,
-                           b: pb.floats, ldb: b.shape[1], c: t.floats, ldc: k)
+                sgemm(transA: false, transB: !transposeB, m: m, n: k, k: n, a: g, lda: n, b: pb, ldb: b.shape[1], c: t, ldc: k)
             } else {
-                GEMM.sgemm(transA: transposeB, transB: true, m: k, n: m, k: n, a: pb.floats, lda: b.shape[1],
-                           b: g.floats, ldb: n, c: t.floats, ldc: m)
+                sgemm(transA: transposeB, transB: true, m: k, n: m, k: n, a: pb, lda: b.shape[1], b: g, ldb: n, c: t, ldc: m)
             }
             ga = t
         }
@@ -29,15 +26,25 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
             // d op(B) = op(A)ᵀ · G.
             let t = Tensor(uninitialized: b.shape)
             if !transposeB {
-                GEMM.sgemm(transA: !transposeA, transB: false, m: k, n: n, k: m, a: pa.floats, lda: a.shape[1],
-                           b: g.floats, ldb: n, c: t.floats, ldc: n)
+                sgemm(transA: !transposeA, transB: false, m: k, n: n, k: m, a: pa, lda: a.shape[1], b: g, ldb: n, c: t, ldc: n)
             } else {
-                GEMM.sgemm(transA: true, transB: transposeA, m: n, n: k, k: m, a: g.floats, lda: n,
-                           b: pa.floats, ldb: a.shape[1], c: t.floats, ldc: k)
+                sgemm(transA: true, transB: transposeA, m: n, n: k, k: m, a: g, lda: n, b: pa, ldb: a.shape[1], c: t, ldc: k)
             }
             gb = t
         }
         return [ga, gb]
+    }
+}
+
+/// `GEMM.sgemm` on the storage of three row-major tensors, lent only for the call.
+private func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: Tensor, lda: Int, b: Tensor, ldb: Int, c: Tensor, ldc: Int) {
+    a.withUnsafeFloats { fa in
+        b.withUnsafeFloats { fb in
+            c.withUnsafeMutableFloats { fc in
+                GEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, a: fa.baseAddress!, lda: lda,
+                           b: fb.baseAddress!, ldb: ldb, c: fc.baseAddress!, ldc: ldc)
+            }
+        }
     }
 }
 
@@ -54,11 +61,17 @@ public func addRowVector(_ x: Tensor, _ v: Tensor) -> Tensor {
     let px = x.plain()
     let n = x.shape[0], d = x.shape[1]
     let out = Tensor(uninitialized: x.shape)
-    for i in 0..<n { for j in 0..<d { out.floats[i * d + j] = px.floats[i * d + j] + v.floats[j] } }
+    px.withUnsafeFloats { fx in
+        v.withUnsafeFloats { fv in
+            out.withUnsafeMutableFloats { dst in for i in 0..<n { for j in 0..<d { dst[i * d + j] = fx[i * d + j] + fv[j] } } }
+        }
+    }
     return Tensor.result(shape: x.shape, desc: out.desc, buffer: out.buffer, inputs: [px, v]) { gy in
         let g = gy.plain()
         let gv = Tensor.zeros([d])
-        for i in 0..<n { for j in 0..<d { gv.floats[j] += g.floats[i * d + j] } }
+        g.withUnsafeFloats { fg in
+            gv.withUnsafeMutableFloats { dst in for i in 0..<n { for j in 0..<d { dst[j] += fg[i * d + j] } } }
+        }
         return [g, gv]
     }
 }

@@ -8,22 +8,32 @@ public func l2Normalized(_ x: Tensor, epsilon: Float = 1e-12) -> Tensor {
     let n = x.shape[0], d = x.shape[1]
     let out = Tensor(uninitialized: x.shape)
     var norms = [Float](repeating: 0, count: n)
-    for i in 0..<n {
-        var s: Float = 0
-        for j in 0..<d { let v = p.floats[i * d + j]; s += v * v }
-        norms[i] = max(s.squareRoot(), epsilon)
-        for j in 0..<d { out.floats[i * d + j] = p.floats[i * d + j] / norms[i] }
+    p.withUnsafeFloats { src in
+        out.withUnsafeMutableFloats { dst in
+            for i in 0..<n {
+                var s: Float = 0
+                for j in 0..<d { let v = src[i * d + j]; s += v * v }
+                norms[i] = max(s.squareRoot(), epsilon)
+                for j in 0..<d { dst[i * d + j] = src[i * d + j] / norms[i] }
+            }
+        }
     }
     let y = out.detached()
     return Tensor.result(shape: x.shape, desc: out.desc, buffer: out.buffer, inputs: [p]) { gy in
         let g = gy.plain()
         let gx = Tensor(uninitialized: x.shape)
-        for i in 0..<n {
-            // Below eps the norm is a constant, so the map is a plain scaling.
-            let clamped = norms[i] == epsilon
-            var dot: Float = 0
-            if !clamped { for j in 0..<d { dot += g.floats[i * d + j] * y.floats[i * d + j] } }
-            for j in 0..<d { gx.floats[i * d + j] = (g.floats[i * d + j] - dot * y.floats[i * d + j]) / norms[i] }
+        g.withUnsafeFloats { fg in
+            y.withUnsafeFloats { fy in
+                gx.withUnsafeMutableFloats { dst in
+                    for i in 0..<n {
+                        // Below eps the norm is a constant, so the map is a plain scaling.
+                        let clamped = norms[i] == epsilon
+                        var dot: Float = 0
+                        if !clamped { for j in 0..<d { dot += fg[i * d + j] * fy[i * d + j] } }
+                        for j in 0..<d { dst[i * d + j] = (fg[i * d + j] - dot * fy[i * d + j]) / norms[i] }
+                    }
+                }
+            }
         }
         return [gx]
     }
@@ -39,22 +49,30 @@ public func crossEntropy(_ logits: Tensor, targets: [Int]) -> Tensor {
     // Softmax probabilities, kept for the backward pass.
     let probs = Tensor(uninitialized: logits.shape)
     var total: Double = 0
-    for i in 0..<n {
-        let row = p.floats + i * k
-        var mx = -Float.infinity
-        for j in 0..<k { mx = max(mx, row[j]) }
-        var s: Float = 0
-        for j in 0..<k { let e = expf(row[j] - mx); probs.floats[i * k + j] = e; s += e }
-        for j in 0..<k { probs.floats[i * k + j] /= s }
-        total += Double(logf(s) + mx - row[targets[i]])
+    p.withUnsafeFloats { src in
+        probs.withUnsafeMutableFloats { pr in
+            for i in 0..<n {
+                let row = src.baseAddress! + i * k
+                var mx = -Float.infinity
+                for j in 0..<k { mx = max(mx, row[j]) }
+                var s: Float = 0
+                for j in 0..<k { let e = expf(row[j] - mx); pr[i * k + j] = e; s += e }
+                for j in 0..<k { pr[i * k + j] /= s }
+                total += Double(logf(s) + mx - row[targets[i]])
+            }
+        }
     }
     let loss = Tensor(Float(total / Double(n)))
     return Tensor.result(shape: [], desc: loss.desc, buffer: loss.buffer, inputs: [p]) { gy in
         let scale = gy.item / Float(n)
         let g = Tensor(uninitialized: logits.shape)
-        for i in 0..<n {
-            for j in 0..<k { g.floats[i * k + j] = probs.floats[i * k + j] * scale }
-            g.floats[i * k + targets[i]] -= scale
+        probs.withUnsafeFloats { pr in
+            g.withUnsafeMutableFloats { dst in
+                for i in 0..<n {
+                    for j in 0..<k { dst[i * k + j] = pr[i * k + j] * scale }
+                    dst[i * k + targets[i]] -= scale
+                }
+            }
         }
         return [g]
     }

@@ -49,12 +49,19 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor, runningMean: Te
         // Running statistics: the mean over groups of each group's PyTorch update.
         let count = Float(per * spatial)
         let unbias = count / max(count - 1, 1)
-        let rm = runningMean.floats, rv = runningVar.floats, m = means.floats, v = vars.floats
-        for ch in 0..<c {
-            var sm: Float = 0, sv: Float = 0
-            for k in 0..<g { sm += m[k * c + ch]; sv += v[k * c + ch] }
-            rm[ch] = (1 - momentum) * rm[ch] + momentum * sm / Float(g)
-            rv[ch] = (1 - momentum) * rv[ch] + momentum * unbias * sv / Float(g)
+        means.withUnsafeFloats { m in
+            vars.withUnsafeFloats { v in
+                runningMean.withUnsafeMutableFloats { rm in
+                    runningVar.withUnsafeMutableFloats { rv in
+                        for ch in 0..<c {
+                            var sm: Float = 0, sv: Float = 0
+                            for k in 0..<g { sm += m[k * c + ch]; sv += v[k * c + ch] }
+                            rm[ch] = (1 - momentum) * rm[ch] + momentum * sm / Float(g)
+                            rv[ch] = (1 - momentum) * rv[ch] + momentum * unbias * sv / Float(g)
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -76,11 +83,19 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor, runningMean: Te
             bwd.execute(args)
         }
         let gw = Tensor(uninitialized: [c]), gb = Tensor(uninitialized: [c])
-        for ch in 0..<c {
-            var a: Float = 0, b: Float = 0
-            for k in 0..<g { a += dScale.floats[k * c + ch]; b += dShift.floats[k * c + ch] }
-            gw.floats[ch] = a
-            gb.floats[ch] = b
+        dScale.withUnsafeFloats { ds in
+            dShift.withUnsafeFloats { dh in
+                gw.withUnsafeMutableFloats { fw in
+                    gb.withUnsafeMutableFloats { fb in
+                        for ch in 0..<c {
+                            var a: Float = 0, b: Float = 0
+                            for k in 0..<g { a += ds[k * c + ch]; b += dh[k * c + ch] }
+                            fw[ch] = a
+                            fb[ch] = b
+                        }
+                    }
+                }
+            }
         }
         return [Tensor(shape: x.shape, desc: x.desc, buffer: dx), gw, gb]
     }

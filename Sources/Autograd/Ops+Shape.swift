@@ -51,8 +51,10 @@ public func concat(_ parts: [Tensor], axis: Int = 0) -> Tensor {
     var offset = 0
     for p in plains {
         let rowIn = p.shape[axis] * inner
-        for o in 0..<outer {
-            (out.floats + o * rowOut + offset).update(from: p.floats + o * rowIn, count: rowIn)
+        p.withUnsafeFloats { src in
+            out.withUnsafeMutableFloats { dst in
+                for o in 0..<outer { (dst.baseAddress! + o * rowOut + offset).update(from: src.baseAddress! + o * rowIn, count: rowIn) }
+            }
         }
         offset += rowIn
     }
@@ -62,7 +64,11 @@ public func concat(_ parts: [Tensor], axis: Int = 0) -> Tensor {
         return plains.map { p in
             let rowIn = p.shape[axis] * inner
             let gp = Tensor(uninitialized: p.shape)
-            for o in 0..<outer { (gp.floats + o * rowIn).update(from: g.floats + o * rowOut + offset, count: rowIn) }
+            g.withUnsafeFloats { src in
+                gp.withUnsafeMutableFloats { dst in
+                    for o in 0..<outer { (dst.baseAddress! + o * rowIn).update(from: src.baseAddress! + o * rowOut + offset, count: rowIn) }
+                }
+            }
             offset += rowIn
             return gp
         }
@@ -77,15 +83,23 @@ public func gatherRows(_ x: Tensor, _ index: [Int]) -> Tensor {
     var shape = p.shape
     shape[0] = index.count
     let out = Tensor(uninitialized: shape)
-    for (i, j) in index.enumerated() {
-        precondition(j >= 0 && j < n, "gatherRows: index \(j) outside 0..<\(n)")
-        (out.floats + i * row).update(from: p.floats + j * row, count: row)
+    p.withUnsafeFloats { src in
+        out.withUnsafeMutableFloats { dst in
+            for (i, j) in index.enumerated() {
+                precondition(j >= 0 && j < n, "gatherRows: index \(j) outside 0..<\(n)")
+                (dst.baseAddress! + i * row).update(from: src.baseAddress! + j * row, count: row)
+            }
+        }
     }
     return Tensor.result(shape: shape, desc: out.desc, buffer: out.buffer, inputs: [p]) { gy in
         // Scatter-add: a row picked twice receives both gradients.
         let g = gy.plain()
         let gx = Tensor.zeros(p.shape)
-        for (i, j) in index.enumerated() { Vector.accumulate(gx.floats + j * row, g.floats + i * row, count: row) }
+        g.withUnsafeFloats { src in
+            gx.withUnsafeMutableFloats { dst in
+                for (i, j) in index.enumerated() { Vector.accumulate(dst.baseAddress! + j * row, src.baseAddress! + i * row, count: row) }
+            }
+        }
         return [gx]
     }
 }

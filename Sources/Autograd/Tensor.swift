@@ -37,7 +37,7 @@ public final class Tensor {
     public convenience init(shape: [Int], data: [Float], requiresGrad: Bool = false) {
         precondition(data.count == shape.reduce(1, *), "data has \(data.count) values, shape \(shape) needs \(shape.reduce(1, *))")
         self.init(uninitialized: shape, requiresGrad: requiresGrad)
-        data.withUnsafeBufferPointer { buffer.floats.update(from: $0.baseAddress!, count: data.count) }
+        buffer.withUnsafeMutableFloats { dst in _ = dst.update(fromContentsOf: data) }
     }
 
     /// A scalar (shape `[]`).
@@ -53,23 +53,25 @@ public final class Tensor {
 
     public static func full(_ shape: [Int], _ value: Float, requiresGrad: Bool = false) -> Tensor {
         let t = Tensor(uninitialized: shape, requiresGrad: requiresGrad)
-        Vector.fill(t.buffer.floats, with: value, count: t.count)
+        t.withUnsafeMutableFloats { Vector.fill($0.baseAddress!, with: value, count: t.count) }
         return t
     }
 
     /// Standard normal values scaled by `std`, drawn from `rng`.
     public static func randn<G: RandomNumberGenerator>(_ shape: [Int], std: Float = 1, using rng: inout G, requiresGrad: Bool = false) -> Tensor {
         let t = Tensor(uninitialized: shape, requiresGrad: requiresGrad)
-        let p = t.buffer.floats
-        for i in 0..<t.count { p[i] = Float(rng.nextGaussian()) * std }
+        t.withUnsafeMutableFloats { p in
+            for i in 0..<t.count { p[i] = Float(rng.nextGaussian()) * std }
+        }
         return t
     }
 
     /// Uniform values in `[low, high)` drawn from `rng`.
     public static func uniform<G: RandomNumberGenerator>(_ shape: [Int], low: Float, high: Float, using rng: inout G, requiresGrad: Bool = false) -> Tensor {
         let t = Tensor(uninitialized: shape, requiresGrad: requiresGrad)
-        let p = t.buffer.floats
-        for i in 0..<t.count { p[i] = low + (high - low) * Float(rng.nextUnit()) }
+        t.withUnsafeMutableFloats { p in
+            for i in 0..<t.count { p[i] = low + (high - low) * Float(rng.nextUnit()) }
+        }
         return t
     }
 
@@ -78,15 +80,30 @@ public final class Tensor {
     /// Number of logical elements.
     public var count: Int { shape.reduce(1, *) }
     /// Number of floats the layout occupies (padding included).
-    var physicalCount: Int { desc.byteCount / 4 }
+    @usableFromInline var physicalCount: Int { desc.byteCount / 4 }
     public var isPlain: Bool { desc.isPlain }
     public var isLeaf: Bool { node == nil }
-    public var floats: UnsafeMutablePointer<Float> { buffer.floats }
+
+    /// Lends the values as `physicalCount` mutable floats for the duration of `body`, through
+    /// `Buffer.withUnsafeMutableFloats` (the pointer must not escape `body`). Row-major when
+    /// `isPlain`; otherwise in `desc`'s layout, padding included.
+    @inlinable @inline(__always)
+    public func withUnsafeMutableFloats<R, E: Error>(_ body: (UnsafeMutableBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
+        let n = physicalCount
+        return try buffer.withUnsafeMutableFloats { (all) throws(E) -> R in try body(UnsafeMutableBufferPointer(rebasing: all[..<n])) }
+    }
+
+    /// Lends the values read-only; the same rules as `withUnsafeMutableFloats`.
+    @inlinable @inline(__always)
+    public func withUnsafeFloats<R, E: Error>(_ body: (UnsafeBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
+        let n = physicalCount
+        return try buffer.withUnsafeFloats { (all) throws(E) -> R in try body(UnsafeBufferPointer(rebasing: all[..<n])) }
+    }
 
     /// The values in row-major order.
     public func toArray() -> [Float] {
         let t = isPlain ? self : reorderedRaw(to: Tensor.plainDesc(shape))
-        return Array(UnsafeBufferPointer(start: t.buffer.floats, count: count))
+        return t.withUnsafeFloats { Array($0[..<count]) }
     }
 
     /// The single value of a one-element tensor.
@@ -207,7 +224,11 @@ extension Tensor {
 func accumulated(_ a: Tensor, _ b: Tensor) -> Tensor {
     let bb = b.reorderedRaw(to: a.desc)
     let out = Buffer(byteCount: a.desc.byteCount)
-    Vector.add(a.floats, bb.floats, into: out.floats, count: a.physicalCount)
+    a.withUnsafeFloats { pa in
+        bb.withUnsafeFloats { pb in
+            out.withUnsafeMutableFloats { Vector.add(pa.baseAddress!, pb.baseAddress!, into: $0.baseAddress!, count: a.physicalCount) }
+        }
+    }
     return Tensor(shape: a.shape, desc: a.desc, buffer: out)
 }
 

@@ -69,7 +69,7 @@ public final class BatchLoader: Sendable {
         for (slot, image) in indices.enumerated() {
             for v in 0..<views {
                 var rng = SeededGenerator(seed: StreamSeed.mix(seed, UInt64(epoch), UInt64(image), UInt64(v)))
-                Augment.view(dataset, image, augment, rng: &rng, into: buffers[v].floats + slot * per)
+                buffers[v].withUnsafeMutableFloats { Augment.view(dataset, image, augment, rng: &rng, into: $0.baseAddress! + slot * per) }
             }
         }
         return Batch(index: b, indices: indices, labels: dataset.labels.map { l in indices.map { l[$0] } }, views: buffers)

@@ -20,7 +20,34 @@ public final class Buffer: @unchecked Sendable {
         self.pointer = BufferPool.take(size)
     }
 
-    public var floats: UnsafeMutablePointer<Float> { pointer.assumingMemoryBound(to: Float.self) }
+    /// The memory as floats, for Kernels' own loops and C calls. Code outside Kernels uses
+    /// `withUnsafeFloats` / `withUnsafeMutableFloats`, which scope the pointer's lifetime.
+    @usableFromInline var floats: UnsafeMutablePointer<Float> { pointer.assumingMemoryBound(to: Float.self) }
+
+    /// The number of floats the buffer holds (`byteCount / 4`).
+    public var floatCount: Int { byteCount / 4 }
+
+    // MARK: The way out of Kernels
+
+    /// Lends the buffer's memory as `floatCount` mutable floats for the duration of `body`: THE
+    /// way raw float memory leaves Kernels. The pointer is valid only inside `body`; the buffer
+    /// is kept alive until `body` returns, and neither the pointer nor anything derived from it
+    /// may escape (stored, returned, captured by an escaping closure). Reads and writes follow
+    /// the buffer's layout: for a tensor in a blocked oneDNN layout that is not row-major, and
+    /// the count includes any padding. No copy is made.
+    @inlinable @inline(__always)
+    public func withUnsafeMutableFloats<R, E: Error>(_ body: (UnsafeMutableBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
+        defer { withExtendedLifetime(self) {} }
+        return try body(UnsafeMutableBufferPointer(start: floats, count: floatCount))
+    }
+
+    /// Lends the buffer's memory as `floatCount` read-only floats for the duration of `body`;
+    /// the same rules as `withUnsafeMutableFloats`.
+    @inlinable @inline(__always)
+    public func withUnsafeFloats<R, E: Error>(_ body: (UnsafeBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
+        defer { withExtendedLifetime(self) {} }
+        return try body(UnsafeBufferPointer(start: floats, count: floatCount))
+    }
 
     deinit { BufferPool.give(pointer, byteCount) }
 }

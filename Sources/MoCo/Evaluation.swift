@@ -22,7 +22,9 @@ public enum Evaluation {
         while start < ds.count {
             let n = min(batch, ds.count - start)
             let x = Tensor(uninitialized: [n, ds.channels, ds.height, ds.width])
-            for i in 0..<n { Augment.view(ds, start + i, cfg, rng: &rng, into: x.floats + i * per) }
+            x.withUnsafeMutableFloats { dst in
+                for i in 0..<n { Augment.view(ds, start + i, cfg, rng: &rng, into: dst.baseAddress! + i * per) }
+            }
             let y = GradMode.withNoGrad { encoder.features(x) }.toArray()
             out.replaceSubrange((start * f)..<((start + n) * f), with: y)
             start += n
@@ -170,9 +172,11 @@ public enum Evaluation {
                 opt.learningRate = schedule.rate(base: learningRate, epoch: epoch, step: s, stepsPerEpoch: steps)
                 let idx = order[(s * bs)..<((s + 1) * bs)]
                 let x = Tensor(uninitialized: [bs, dim])
-                // The source pointer is used only inside the closure that lends it.
+                // The pointers are used only inside the closures that lend them.
                 trainF.withUnsafeBufferPointer { src in
-                    for (r, i) in idx.enumerated() { (x.floats + r * dim).update(from: src.baseAddress! + i * dim, count: dim) }
+                    x.withUnsafeMutableFloats { dst in
+                        for (r, i) in idx.enumerated() { (dst.baseAddress! + r * dim).update(from: src.baseAddress! + i * dim, count: dim) }
+                    }
                 }
                 let loss = crossEntropy(layer(x), targets: idx.map { train.labels![$0] })
                 opt.zeroGrad()

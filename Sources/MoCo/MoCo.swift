@@ -55,7 +55,11 @@ public final class MoCoModel {
 
     /// `θk ← m·θk + (1−m)·θq` for every parameter (buffers are the key encoder's own).
     public func momentumUpdate() {
-        for (k, q) in zip(paramsK, paramsQ) { Vector.ema(k.floats, toward: q.floats, count: k.count, momentum: momentum) }
+        for (k, q) in zip(paramsK, paramsQ) {
+            k.withUnsafeMutableFloats { fk in
+                q.withUnsafeFloats { fq in Vector.ema(fk.baseAddress!, toward: fq.baseAddress!, count: k.count, momentum: momentum) }
+            }
+        }
     }
 
     /// Keys for `x` with shuffle BN on one process: the batch is permuted, encoded with split
@@ -80,13 +84,15 @@ public final class MoCoModel {
         let logits = concat([positive, negative], axis: 1) / temperature   // N x (1+K)
         let n = q.shape[0], width = logits.shape[1]
         // Instance accuracy: is the positive ranked first among the K+1 candidates?
-        let l = logits.floats
-        var hits = 0
-        for i in 0..<n {
-            let row = l + i * width
-            var best = 0
-            for j in 1..<width where row[j] > row[best] { best = j }
-            if best == 0 { hits += 1 }
+        let hits = logits.withUnsafeFloats { l in
+            var hits = 0
+            for i in 0..<n {
+                let row = l.baseAddress! + i * width
+                var best = 0
+                for j in 1..<width where row[j] > row[best] { best = j }
+                if best == 0 { hits += 1 }
+            }
+            return hits
         }
         return (crossEntropy(logits, targets: [Int](repeating: 0, count: n)), Float(hits) / Float(n))
     }
@@ -113,7 +119,11 @@ public final class MoCoModel {
         let n = keys.shape[0], dim = queue.shape[1], k = queue.shape[0]
         precondition(k % n == 0, "queue size \(k) is not a multiple of \(n) keys")
         let src = keys.plain()
-        (queue.floats + queuePointer * dim).update(from: src.floats, count: n * dim)
+        src.withUnsafeFloats { from in
+            queue.withUnsafeMutableFloats { (to: UnsafeMutableBufferPointer<Float>) in
+                (to.baseAddress! + queuePointer * dim).update(from: from.baseAddress!, count: n * dim)
+            }
+        }
         queuePointer = (queuePointer + n) % k
     }
 
@@ -121,15 +131,16 @@ public final class MoCoModel {
     /// across the batch: about `1/sqrt(dim)` when healthy, near 0 when the features collapse.
     func featureStd(_ q: Tensor) -> Float {
         let n = q.shape[0], d = q.shape[1]
-        let v = q.floats
-        var total: Float = 0
-        for j in 0..<d {
-            var s: Float = 0, s2: Float = 0
-            for i in 0..<n { let x = v[i * d + j]; s += x; s2 += x * x }
-            let mean = s / Float(n)
-            total += max(s2 / Float(n) - mean * mean, 0).squareRoot()
+        return q.withUnsafeFloats { v in
+            var total: Float = 0
+            for j in 0..<d {
+                var s: Float = 0, s2: Float = 0
+                for i in 0..<n { let x = v[i * d + j]; s += x; s2 += x * x }
+                let mean = s / Float(n)
+                total += max(s2 / Float(n) - mean * mean, 0).squareRoot()
+            }
+            return total / Float(d)
         }
-        return total / Float(d)
     }
 }
 

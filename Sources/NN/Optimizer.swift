@@ -27,8 +27,16 @@ public final class SGD {
             precondition(g.desc == p.desc, "gradient layout differs from its parameter's")
             let first = momentum != 0 && momentumBuffers[i] == nil
             if first { momentumBuffers[i] = Tensor.zeros(p.shape) }
-            Vector.sgdStep(parameter: p.floats, gradient: g.floats, momentumBuffer: momentum != 0 ? momentumBuffers[i]!.floats : nil,
-                           count: p.count, learningRate: learningRate, momentum: momentum, weightDecay: weightDecay, firstStep: first)
+            let buffer = momentum != 0 ? momentumBuffers[i] : nil
+            p.withUnsafeMutableFloats { fp in
+                g.withUnsafeFloats { fg in
+                    func update(_ fm: UnsafeMutablePointer<Float>?) {
+                        Vector.sgdStep(parameter: fp.baseAddress!, gradient: fg.baseAddress!, momentumBuffer: fm, count: p.count,
+                                       learningRate: learningRate, momentum: momentum, weightDecay: weightDecay, firstStep: first)
+                    }
+                    if let buffer { buffer.withUnsafeMutableFloats { update($0.baseAddress!) } } else { update(nil) }
+                }
+            }
         }
     }
 

@@ -86,7 +86,15 @@ struct GEMMBench: ParsableCommand {
         Runtime.setThreads(threads)
         var rng = SeededGenerator(seed: 1)
         let a = Tensor.randn([n, n], using: &rng), b = Tensor.randn([n, n], using: &rng), c = Tensor.zeros([n, n])
-        func once() { GEMM.sgemm(transA: false, transB: false, m: n, n: n, k: n, a: a.floats, lda: n, b: b.floats, ldb: n, c: c.floats, ldc: n) }
+        func once() {
+            a.withUnsafeFloats { fa in
+                b.withUnsafeFloats { fb in
+                    c.withUnsafeMutableFloats { fc in
+                        GEMM.sgemm(transA: false, transB: false, m: n, n: n, k: n, a: fa.baseAddress!, lda: n, b: fb.baseAddress!, ldb: n, c: fc.baseAddress!, ldc: n)
+                    }
+                }
+            }
+        }
         once()
         var iterations = 0
         let start = now()
@@ -144,7 +152,11 @@ struct Step: ParsableCommand {
         func step() -> Float {
             let q = l2Normalized(encoderQ(xq))                               // N x dim
             let key = GradMode.withNoGrad { () -> Tensor in
-                for (pk, pq) in zip(paramsK, paramsQ) { Vector.ema(pk.floats, toward: pq.floats, count: pk.count, momentum: 0.999) }
+                for (pk, pq) in zip(paramsK, paramsQ) {
+                    pk.withUnsafeMutableFloats { fk in
+                        pq.withUnsafeFloats { fq in Vector.ema(fk.baseAddress!, toward: fq.baseAddress!, count: pk.count, momentum: 0.999) }
+                    }
+                }
                 return l2Normalized(encoderK(xk))                            // N x dim
             }
             let positive = sumRows(multiply(q, key))                         // N x 1
@@ -154,7 +166,9 @@ struct Step: ParsableCommand {
             opt.zeroGrad()
             loss.backward()
             opt.step()
-            (queueT.floats + queuePointer * dim).update(from: key.floats, count: batch * dim)
+            key.withUnsafeFloats { from in
+                queueT.withUnsafeMutableFloats { to in (to.baseAddress! + queuePointer * dim).update(from: from.baseAddress!, count: batch * dim) }
+            }
             queuePointer = (queuePointer + batch) % k
             return loss.item
         }

@@ -84,7 +84,7 @@ import Testing
     @Test func reluAndResidualAdd() {
         // Inputs kept at least 0.1 away from ReLU's kink, so h = 1e-2 never crosses it.
         let a = rand([2, 3, 4, 4], 16), b = rand([2, 3, 4, 4], 17)
-        for i in 0..<a.count { a.floats[i] = a.floats[i] < 0 ? a.floats[i] - 0.1 : a.floats[i] + 0.1 }
+        a.withUnsafeMutableFloats { f in for i in 0..<a.count { f[i] = f[i] < 0 ? f[i] - 0.1 : f[i] + 0.1 } }
         expectGood(gradientCheck([a]) { relu($0[0]) }, "relu")
         expectGood(gradientCheck([a, b]) { $0[0] - $0[1] }, "sub")
     }

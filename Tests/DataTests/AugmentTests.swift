@@ -20,7 +20,7 @@ import Testing
                 let stream = loader.epoch(3, startingAt: start)
                 var out: [[Float]] = []
                 while let b = stream.next() {
-                    for v in b.views { out.append(Array(UnsafeBufferPointer(start: v.floats, count: loader.floatsPerView))) }
+                    for v in b.views { out.append(v.withUnsafeFloats { Array($0[..<loader.floatsPerView]) }) }
                 }
                 return out
             }

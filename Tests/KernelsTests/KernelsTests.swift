@@ -48,10 +48,10 @@ import Testing
         #expect(!conv.implementation.hasPrefix("ref"), "convolution runs the reference kernel: \(conv.implementation)")
         let n = dims.reduce(1, *)
         let src = Buffer(byteCount: n * 4), mid = Buffer(byteCount: blocked.byteCount), back = Buffer(byteCount: n * 4)
-        for i in 0..<n { src.floats[i] = Float(i) }
+        src.withUnsafeMutableFloats { for i in 0..<n { $0[i] = Float(i) } }
         ElementwiseKernel.reorder(src.pointer, from: plain, into: mid.pointer, to: blocked)
         ElementwiseKernel.reorder(mid.pointer, from: blocked, into: back.pointer, to: plain)
-        #expect((0..<n).allSatisfy { back.floats[$0] == Float($0) })
+        #expect(back.withUnsafeFloats { f in (0..<n).allSatisfy { f[$0] == Float($0) } })
     }
 
     @Test func sgdAndEMAMatchNaiveLoops() {

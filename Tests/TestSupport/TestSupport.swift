@@ -83,12 +83,13 @@ public func gradientCheck(_ inputs: [Tensor], step h: Float = 1e-2, samples: Int
         precondition(x.isPlain, "gradientCheck perturbs row-major inputs")
         let idx = x.count <= samples ? Array(0..<x.count) : (0..<samples).map { _ in Int(rng.next() % UInt64(x.count)) }
         for i in idx {
-            let old = x.floats[i]
-            x.floats[i] = old + h
+            func set(_ v: Float) { x.withUnsafeMutableFloats { $0[i] = v } }
+            let old = x.withUnsafeFloats { $0[i] }
+            set(old + h)
             let up = objective()
-            x.floats[i] = old - h
+            set(old - h)
             let down = objective()
-            x.floats[i] = old
+            set(old)
             let numeric = Float((up - down) / Double(2 * h))
             let scale = max(abs(numeric), abs(analytic[i]), floor)
             let rel = abs(numeric - analytic[i]) / scale
