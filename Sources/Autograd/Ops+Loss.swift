@@ -7,15 +7,16 @@ public func l2Normalized(_ x: Tensor, epsilon: Float = 1e-12) -> Tensor {
     let p = x.plain()
     let n = x.shape[0], d = x.shape[1]
     let out = Tensor(uninitialized: x.shape)
-    var norms = [Float](repeating: 0, count: n)
-    p.withUnsafeFloats { src in
+    let norms = p.withUnsafeFloats { src in
         out.withUnsafeMutableFloats { dst in
+            var norms = [Float](repeating: 0, count: n)
             for i in 0..<n {
                 var s: Float = 0
                 for j in 0..<d { let v = src[i * d + j]; s += v * v }
                 norms[i] = max(s.squareRoot(), epsilon)
                 for j in 0..<d { dst[i * d + j] = src[i * d + j] / norms[i] }
             }
+            return norms
         }
     }
     let y = out.detached()

@@ -60,8 +60,9 @@ public final class Tensor {
     /// Standard normal values scaled by `std`, drawn from `rng`.
     public static func randn<G: RandomNumberGenerator>(_ shape: [Int], std: Float = 1, using rng: inout G, requiresGrad: Bool = false) -> Tensor {
         let t = Tensor(uninitialized: shape, requiresGrad: requiresGrad)
+        let n = t.count
         t.withUnsafeMutableFloats { p in
-            for i in 0..<t.count { p[i] = Float(rng.nextGaussian()) * std }
+            for i in 0..<n { p[i] = Float(rng.nextGaussian()) * std }
         }
         return t
     }
@@ -69,8 +70,9 @@ public final class Tensor {
     /// Uniform values in `[low, high)` drawn from `rng`.
     public static func uniform<G: RandomNumberGenerator>(_ shape: [Int], low: Float, high: Float, using rng: inout G, requiresGrad: Bool = false) -> Tensor {
         let t = Tensor(uninitialized: shape, requiresGrad: requiresGrad)
+        let n = t.count
         t.withUnsafeMutableFloats { p in
-            for i in 0..<t.count { p[i] = low + (high - low) * Float(rng.nextUnit()) }
+            for i in 0..<n { p[i] = low + (high - low) * Float(rng.nextUnit()) }
         }
         return t
     }
@@ -80,24 +82,23 @@ public final class Tensor {
     /// Number of logical elements.
     public var count: Int { shape.reduce(1, *) }
     /// Number of floats the layout occupies (padding included).
-    @usableFromInline var physicalCount: Int { desc.byteCount / 4 }
+    var physicalCount: Int { desc.byteCount / 4 }
     public var isPlain: Bool { desc.isPlain }
     public var isLeaf: Bool { node == nil }
 
-    /// Lends the values as `physicalCount` mutable floats for the duration of `body`, through
+    /// Lends the tensor's buffer as mutable floats for the duration of `body`: forwards to
     /// `Buffer.withUnsafeMutableFloats` (the pointer must not escape `body`). Row-major when
-    /// `isPlain`; otherwise in `desc`'s layout, padding included.
+    /// `isPlain`, otherwise in `desc`'s layout; the count is the buffer's, which may exceed
+    /// `count` (layout padding, or a larger buffer a tensor was made over).
     @inlinable @inline(__always)
     public func withUnsafeMutableFloats<R, E: Error>(_ body: (UnsafeMutableBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
-        let n = physicalCount
-        return try buffer.withUnsafeMutableFloats { (all) throws(E) -> R in try body(UnsafeMutableBufferPointer(rebasing: all[..<n])) }
+        try buffer.withUnsafeMutableFloats(body)
     }
 
-    /// Lends the values read-only; the same rules as `withUnsafeMutableFloats`.
+    /// Lends the tensor's buffer read-only; the same rules as `withUnsafeMutableFloats`.
     @inlinable @inline(__always)
     public func withUnsafeFloats<R, E: Error>(_ body: (UnsafeBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
-        let n = physicalCount
-        return try buffer.withUnsafeFloats { (all) throws(E) -> R in try body(UnsafeBufferPointer(rebasing: all[..<n])) }
+        try buffer.withUnsafeFloats(body)
     }
 
     /// The values in row-major order.
