@@ -10,6 +10,10 @@ import Glibc
 public final class Buffer: @unchecked Sendable {
     /// Safe to send: the pointer is owned by this object alone; concurrent writes are the caller's
     /// responsibility exactly as for an `UnsafeMutableRawPointer` (tensors are confined to one thread).
+    ///
+    /// Outside Kernels this is only for handing the memory back to Kernels' own primitives
+    /// (`Primitive.execute`, `ElementwiseKernel.reorder`); values are read and written through
+    /// `withUnsafeFloats` / `withUnsafeMutableFloats`.
     public let pointer: UnsafeMutableRawPointer
     public let byteCount: Int
 
