@@ -32,7 +32,7 @@ struct WorkerLaunch {
         p.standardInput = input
         p.standardOutput = output
         let logURL = directory.appendingPathComponent("worker.log")
-        if !FileManager.default.fileExists(atPath: logURL.path) { FileManager.default.createFile(atPath: logURL.path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: logURL.path) { _ = FileManager.default.createFile(atPath: logURL.path, contents: nil) }
         let stderr = FileHandle(forWritingAtPath: logURL.path)
         _ = try? stderr?.seekToEnd()
         p.standardError = stderr ?? FileHandle.nullDevice
