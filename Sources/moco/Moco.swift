@@ -80,6 +80,7 @@ struct Train: ParsableCommand {
     @Option(help: "Data worker threads (augmentation runs ahead of the compute thread).") var workers = 1
     @Option(help: "Override optim.epochs.") var epochs: Int?
     @Flag(help: "Plain log lines even on a terminal.") var plain = false
+    @Flag(help: "Skip the raw-pixel kNN baseline computed before training when the spec has an evaluation split.") var noBaseline = false
 
     func run() throws {
         var spec: JobSpec
@@ -102,9 +103,10 @@ struct Train: ParsableCommand {
         }
         progress.log("training \(spec.name): \(train.count) images \(train.height)x\(train.width)x\(train.channels), "
                      + "\(spec.model.arch.rawValue) width \(spec.model.width), mean \(trainer.mean) std \(trainer.std)")
-        if let eval, let e = spec.eval {
+        if let eval, let e = spec.eval, !noBaseline {
+            let t0 = Date()
             let raw = Evaluation.rawPixelKNN(train: train, eval: eval, mean: trainer.mean, std: trainer.std, k: e.knn_k, t: e.knn_t)
-            progress.log(String(format: "raw-pixel kNN top-1 (baseline): %.2f%%", raw))
+            progress.log(String(format: "raw-pixel kNN top-1 (baseline): %.2f%% (%.1f s; --no-baseline skips it)", raw, Date().timeIntervalSince(t0)))
         }
         let outcome: TrainingOutcome
         do { outcome = try trainer.run(resume: resumeURL) } catch { fail("\(error)") }
