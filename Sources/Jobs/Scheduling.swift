@@ -43,8 +43,9 @@ public struct Scheduling: Sendable, Equatable {
     }
 
     public enum Input: Sendable, Equatable {
-        /// The daemon started: jobs the store shows running (their daemon died) and queued ones.
-        case daemonStarted(interrupted: [Queued], queued: [Queued])
+        /// The daemon started, with the store's queue (jobs whose daemon died while they ran are
+        /// in it: the shell has put them back first).
+        case daemonStarted(queued: [Queued])
         /// A job entered the queue (submitted, or resumed after a pause).
         case submitted(Queued)
         /// A user asked to pause or cancel the job.
@@ -55,8 +56,14 @@ public struct Scheduling: Sendable, Equatable {
         case faulted(String, reason: String)
         /// The job's worker process ended.
         case workerExited(String, WorkerEnd)
-        /// The job's end is recorded (or its launch could not be): its slot and cores are free.
+        /// The job's end is recorded: its slot and cores are free.
         case coresFreed(String)
+        /// The store would not mark the job running. `retry`: it could not be written (the job
+        /// goes back to its place and launches wait for `retryLaunches`); otherwise the job is no
+        /// longer queued there (cancelled or deleted meanwhile) and is dropped.
+        case launchRefused(String, retry: Bool)
+        /// Try launching again after a refused launch.
+        case retryLaunches
     }
 
     public enum Action: Sendable, Equatable {
@@ -69,7 +76,8 @@ public struct Scheduling: Sendable, Equatable {
         /// End the job with `event` (`.fail` marks it failed), recorded until the store takes it;
         /// the shell answers with `coresFreed`.
         case end(String, JobEvent, reason: String)
-        /// Apply `event` to a job that has no slot (a queued or paused job, or one whose daemon died).
+        /// Apply `event` to a job without a worker (queued, paused, or ending) and let the store's
+        /// state machine decide.
         case transition(String, JobEvent, reason: String)
     }
 
@@ -79,8 +87,10 @@ public struct Scheduling: Sendable, Equatable {
     public private(set) var queue: [Queued] = []
     public private(set) var running: [String: Running] = [:]
     public private(set) var accepting = true
-    /// Nothing launches before `daemonStarted` (the store's queue and interrupted jobs come first).
+    /// Nothing launches before `daemonStarted` (the store's queue comes first).
     public private(set) var started = false
+    /// A launch could not be stored: none is tried until `retryLaunches`.
+    public private(set) var launchesHeld = false
 
     /// - Parameters:
     ///   - maxRunning: jobs at once; above 1, each job is pinned to cores of its own.
@@ -93,33 +103,41 @@ public struct Scheduling: Sendable, Equatable {
     /// Whether jobs are pinned to cores of their own.
     public var pins: Bool { maxRunning > 1 }
 
-    /// Jobs holding a slot whose end is not yet decided.
-    public var active: Int { running.values.filter { !$0.ending }.count }
-
-    public static let interruptedReason = "daemon restarted; resuming from the last valid checkpoint"
-
     /// Takes one input; returns what the shell must do, in order.
     public mutating func next(_ input: Input) -> [Action] {
         var actions: [Action] = []
         switch input {
-        case .daemonStarted(let interrupted, let queued):
+        case .daemonStarted(let queued):
             started = true
-            for j in interrupted {
-                actions.append(.transition(j.id, .interrupt, reason: Self.interruptedReason))
-                enqueue(j)
-            }
-            for j in queued { enqueue(j) }
+            let ids = Set(queued.map(\.id))
+            queue = (queue.filter { !ids.contains($0.id) } + queued.filter { running[$0.id] == nil }).sorted(by: Self.launchesBefore)
         case .submitted(let j):
+            if var r = running[j.id] {
+                // Resumed in the moment between its end being stored and its slot freed: it
+                // waits in the queue again once the slot is free.
+                if r.ending { r.requeue = true; r.job = Queued(id: j.id, priority: j.priority, seq: j.seq, threads: j.threads,
+                                                               restarts: max(j.restarts, r.job.restarts), maxRestarts: j.maxRestarts)
+                    running[j.id] = r }
+                return []
+            }
             enqueue(j)
         case .stopRequested(let id, let event):
+            let reason = "\(event == .cancel ? "cancelled" : "paused") by request"
             if var r = running[id] {
-                guard !r.ending else { return [] }
+                if r.ending {
+                    // Its worker is gone: the store decides (a paused job can be cancelled), and a
+                    // resume that was waiting for the slot is void.
+                    r.requeue = false
+                    running[id] = r
+                    return [.transition(id, event, reason: reason)]
+                }
                 r.stop = event
                 running[id] = r
                 return [.stop(id, event)]
             }
             queue.removeAll { $0.id == id }
-            return [.transition(id, event, reason: "\(event == .cancel ? "cancelled" : "paused") by request")]
+            // A job leaving the head of the queue may unblock the ones behind it.
+            return [.transition(id, event, reason: reason)] + fill()
         case .shutdown:
             accepting = false
             for id in running.keys.sorted() where !(running[id]!.ending) {
@@ -157,6 +175,16 @@ public struct Scheduling: Sendable, Equatable {
             guard let r = running.removeValue(forKey: id) else { return [] }
             if let c = r.cores { cores.give(c) }
             if r.requeue { enqueue(r.job) }
+        case .launchRefused(let id, let retry):
+            guard let r = running.removeValue(forKey: id) else { return [] }
+            if let c = r.cores { cores.give(c) }
+            if retry {
+                enqueue(r.job)
+                launchesHeld = true
+                return []
+            }
+        case .retryLaunches:
+            launchesHeld = false
         }
         return actions + fill()
     }
@@ -164,7 +192,7 @@ public struct Scheduling: Sendable, Equatable {
     /// Launches queued jobs while a slot (and, pinned, their cores) is free.
     private mutating func fill() -> [Action] {
         var actions: [Action] = []
-        while started && accepting && running.count < maxRunning, let head = queue.first {
+        while started && accepting && !launchesHeld && running.count < maxRunning, let head = queue.first {
             var held: [Int]?
             if pins {
                 guard let c = cores.take(head.threads) else { break }
@@ -180,7 +208,12 @@ public struct Scheduling: Sendable, Equatable {
     private mutating func enqueue(_ j: Queued) {
         guard running[j.id] == nil else { return }
         queue.removeAll { $0.id == j.id }
-        let at = queue.firstIndex { $0.priority < j.priority || ($0.priority == j.priority && $0.seq > j.seq) } ?? queue.endIndex
+        let at = queue.firstIndex { Self.launchesBefore(j, $0) } ?? queue.endIndex
         queue.insert(j, at: at)
+    }
+
+    /// Queue order: higher priority first, then earlier submission.
+    static func launchesBefore(_ a: Queued, _ b: Queued) -> Bool {
+        a.priority != b.priority ? a.priority > b.priority : a.seq < b.seq
     }
 }
