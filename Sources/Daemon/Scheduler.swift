@@ -47,8 +47,8 @@ public final class Scheduler: @unchecked Sendable {
         self.logger = logger
         self.onRunningCountChange = onRunningCountChange
         var cores = Array(0..<max(1, settings.threads))
-        if settings.maxRunning > 1 {
-            let allowed = Self.allowedCores()
+        // (An affinity mask that cannot be read leaves the cores numbered from 0.)
+        if settings.maxRunning > 1, case let allowed = Self.allowedCores(), !allowed.isEmpty {
             guard allowed.count >= settings.threads else {
                 throw JobError(.invalid, "--threads \(settings.threads) is more than the \(allowed.count) core(s) this process may run on "
                     + "(\(allowed.map(String.init).joined(separator: ","))); with --max-running above 1 each thread is pinned to a core of its own")
@@ -76,20 +76,22 @@ public final class Scheduler: @unchecked Sendable {
 
     /// Feeds one input; returns the actions (the caller carries them out).
     private func decide(_ input: Scheduling.Input) -> [Scheduling.Action] {
-        lock.lock()
+        lock.lock(); defer { lock.unlock() }
         let before = machine.running.count
         let actions = machine.next(input)
-        let after = machine.running.count
-        lock.unlock()
-        if after != before { onRunningCountChange(after) }
+        // Told under the lock, so two changes are never reported out of order.
+        if machine.running.count != before { onRunningCountChange(machine.running.count) }
         return actions
     }
 
+    /// Carries out actions in order; inputs they cause (a refused launch) add their actions to
+    /// the same work list rather than nest.
     private func perform(_ actions: [Scheduling.Action]) {
-        for action in actions {
+        var work = actions[...]
+        while let action = work.popFirst() {
             switch action {
             case .launch(let id, _, let cores):
-                launch(id, cores: cores)
+                if let refused = launch(id, cores: cores) { work += decide(refused) }
             case .stop(let id, let event):
                 lock.lock(); let worker = workers[id]; lock.unlock()
                 worker?.send(Self.command(for: event))
@@ -107,17 +109,20 @@ public final class Scheduler: @unchecked Sendable {
         }
     }
 
-    /// Marks the job running and starts its thread; a job the store will not start (cancelled
-    /// meanwhile, or the store cannot be written) gives its slot back.
-    private func launch(_ id: String, cores: [Int]?) {
+    /// Marks the job running and starts its thread. A job the store will not start returns the
+    /// input that says so: dropped when it is no longer queued there, else (the store cannot be
+    /// written) put back, with launches retried a second later.
+    private func launch(_ id: String, cores: [Int]?) -> Scheduling.Input? {
         let job: JobRecord
         do { job = try store.apply(.start, to: id, reason: "scheduled") } catch {
             logger.warning("job not started", metadata: ["job.id": "\(id)", "error": "\(error)"])
-            feed(.coresFreed(id))
-            return
+            if let e = error as? JobError, e.code == .invalidState || e.code == .notFound { return .launchRefused(id, retry: false) }
+            DispatchQueue.global().asyncAfter(deadline: .now() + 1) { [self] in feed(.retryLaunches) }
+            return .launchRefused(id, retry: true)
         }
         publishState(job, reason: "scheduled")
         launcher.start(name: "mocod-job") { [self] in runJob(job, cores: cores) }
+        return nil
     }
 
     static func command(for event: JobEvent) -> WorkerCommand {
@@ -258,11 +263,17 @@ public final class Scheduler: @unchecked Sendable {
     // MARK: - Daemon start and stop
 
     /// Starts scheduling: jobs that were running when the daemon stopped go back to the queue
-    /// (they resume from their newest valid checkpoint), behind nothing and ahead of nothing.
+    /// first (they resume from their newest valid checkpoint, in their place by priority and
+    /// submission); a store that cannot record that stops the start.
     public func recover() throws {
-        let interrupted = try store.jobs(state: .running, limit: 10_000).map(Self.queued)
-        let queued = try store.jobs(state: .queued, limit: 100_000).map(Self.queued)
-        feed(.daemonStarted(interrupted: interrupted, queued: queued))
+        for j in try store.jobs(state: .running, limit: Int.max) {
+            do {
+                _ = try store.apply(.interrupt, to: j.id, reason: "daemon restarted; resuming from the last valid checkpoint")
+            } catch let e as JobError where e.code == .invalidState || e.code == .notFound {
+                continue   // a request (cancel, delete) got to it first
+            }
+        }
+        feed(.daemonStarted(queued: try store.jobs(state: .queued, limit: Int.max).map(Self.queued)))
     }
 
     /// Stops accepting, asks running jobs to checkpoint and stop, and waits for them.
@@ -306,7 +317,8 @@ public final class Scheduler: @unchecked Sendable {
             perform(actions)
             switch first {
             case .restart(_, let attempt, let max, let reason):
-                try? store.updateProgress(id) { $0.restarts = attempt }
+                // An unstored count would let a later daemon restart the job more often than its spec says.
+                do { try store.updateProgress(id) { $0.restarts = attempt } } catch { fault(id, error, while: "record the restart count", log: log) }
                 recorder.appendLog("restarting the worker from the newest valid checkpoint (restart \(attempt) of \(max))")
                 publish(id, JobStreamEvent(.restart, JobStreamEvent.RestartData(reason: reason, restart: attempt, max_restarts: max)))
                 end = runWorker(recorder, cores: held)
@@ -329,9 +341,11 @@ public final class Scheduler: @unchecked Sendable {
             started: { worker in
                 lock.lock()
                 workers[id] = worker
-                let stop = machine.running[id]?.stop
+                let running = machine.running[id]
                 lock.unlock()
-                if let stop { worker.send(Self.command(for: stop)) }   // asked to stop before it started
+                // Asked to stop, or faulted, before it started.
+                if let stop = running?.stop { worker.send(Self.command(for: stop)) }
+                else if running?.fault != nil { worker.send(WorkerCommand(.shutdown)) }
             },
             onEvent: { recorder.record($0) })
         recorder.flush()
