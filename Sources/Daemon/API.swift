@@ -235,7 +235,17 @@ public final class API: Sendable {
         var links: [String: String]
     }
 
-    struct JobList: Encodable { var jobs: [JobView]; var next_cursor: String? }
+    struct JobList: Encodable {
+        var jobs: [JobView]
+        /// `null` on the last page (written, not left out: clients loop until it is null).
+        var next_cursor: String?
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(jobs, forKey: .jobs)
+            try c.encode(next_cursor, forKey: .next_cursor)
+        }
+        enum CodingKeys: CodingKey { case jobs, next_cursor }
+    }
 
     struct DryRun: Encodable {
         struct Checks: Encodable { var valid: Bool; var queue_multiple_of_batch: Bool }
@@ -256,10 +266,12 @@ public final class API: Sendable {
         return Array((try? enc.encode(view(j))) ?? Data("{}".utf8))
     }
 
-    /// A job's spec, decoded once per job (specs never change).
+    /// A job's spec, parsed once per job (specs never change). Parsed as a submission is, so a
+    /// spec stored before a field existed gets that field's preset value.
     func spec(_ j: JobRecord) -> JobSpec? {
         if let s = specCache.withLock({ $0[j.id] }) { return s }
-        guard let s = try? JSONDecoder().decode(JobSpec.self, from: Data(j.spec.utf8)) else { return nil }
+        guard let s = (try? JobSpec.parse(Data(j.spec.utf8))) ?? (try? JSONDecoder().decode(JobSpec.self, from: Data(j.spec.utf8)))
+        else { return nil }
         specCache.withLock { cache in
             if cache.count >= 4096 { cache.removeAll() }
             cache[j.id] = s

@@ -175,9 +175,9 @@ public struct JobSpec: Codable, Sendable, Equatable {
             let data = try JSONSerialization.data(withJSONObject: decodable)
             spec = try JSONDecoder().decode(JobSpec.self, from: data)
         } catch let error as DecodingError {
-            throw SpecError([describe(error)])
+            throw SpecError(choiceIssues + [describe(error)])
         } catch {
-            throw SpecError([FieldIssue("$", "\(error)")])
+            throw SpecError(choiceIssues + [FieldIssue("$", "\(error)")])
         }
         let problems = choiceIssues + spec.validate()
         guard problems.isEmpty else { throw SpecError(problems) }

@@ -62,8 +62,11 @@ public enum DurableFile {
         let dfd = open(dir.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dfd >= 0 else { throw DurableFileError(.syncFolder, path: dir.path, errno: errno) }
         defer { close(dfd) }
-        // Some file systems cannot fsync a folder (EINVAL); there is nothing more to make durable there.
-        if !retryingEINTR({ fsync(dfd) }), errno != EINVAL { throw DurableFileError(.syncFolder, path: dir.path, errno: errno) }
+        // Some file systems cannot fsync a folder (EINVAL, ENOTSUP); there is nothing more to make
+        // durable there. A real failure (EIO, ENOSPC) is reported: the rename may not survive a crash.
+        if !retryingEINTR({ fsync(dfd) }), errno != EINVAL, errno != ENOTSUP, errno != EOPNOTSUPP {
+            throw DurableFileError(.syncFolder, path: dir.path, errno: errno)
+        }
     }
 
     /// Runs a call returning 0 on success, again while it fails with `EINTR`; whether it succeeded.

@@ -215,6 +215,19 @@ struct DataArgument: Decodable {
     var split: String?
     var limit: Int?
     var source: JobSpec.DataSource { .init(format: format, path: path, split: split ?? "train", limit: limit) }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let name = try c.decode(String.self, forKey: .format)
+        guard let format = JobSpec.DataFormat(rawValue: name) else {
+            throw ValidationError("unknown data format \(name): one of \(JobSpec.DataFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        self.format = format
+        path = try c.decode(String.self, forKey: .path)
+        split = try c.decodeIfPresent(String.self, forKey: .split)
+        limit = try c.decodeIfPresent(Int.self, forKey: .limit)
+    }
+    enum CodingKeys: CodingKey { case format, path, split, limit }
 }
 
 // MARK: - export / embed

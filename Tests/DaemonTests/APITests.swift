@@ -292,6 +292,9 @@ final class CountLog: @unchecked Sendable {
         #expect((page["jobs"] as? [Any])?.count == 1)
         let cursor = try #require(page["next_cursor"] as? String)
         #expect((d.request("GET", "/v1/jobs?limit=1&cursor=\(cursor)").json["jobs"] as? [[String: Any]])?.first?["id"] as? String == a.json["id"] as? String)
+        // The last page says so with an explicit null (clients loop until it is null).
+        let last = String(decoding: d.request("GET", "/v1/jobs?limit=500").body, as: UTF8.self)
+        #expect(last.contains(#""next_cursor":null"#), "\(last.prefix(200))")
         #expect(d.request("GET", "/v1/jobs?state=bogus").status == 400)
         #expect(d.request("GET", "/v1/jobs?limit=0").status == 400)
         #expect(d.request("DELETE", "/v1/jobs/\(sid)").status == 409)   // not finished
