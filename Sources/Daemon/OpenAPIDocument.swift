@@ -194,7 +194,7 @@ paths:
         '401': {$ref: '#/components/responses/Error'}
   /v1/info:
     get:
-      summary: Version, threads, kernel ISA and data roots.
+      summary: Version, threads, kernel ISA, bf16 support and data roots.
       responses:
         '200':
           description: Daemon information.
@@ -213,6 +213,14 @@ paths:
                   api_cpu_share:
                     type: [number, 'null']
                     description: Share of one core that request handling may use while a job trains (null - no limit).
+                  bf16:
+                    type: object
+                    description: What this machine offers for bf16 - the CPU's instructions and the kernels oneDNN actually dispatches.
+                    properties:
+                      avx512_bf16: {type: boolean, description: The CPU has AVX512-BF16.}
+                      amx_bf16: {type: boolean, description: The CPU has AMX tiles with bf16 multiplies (amx_tile and amx_bf16).}
+                      onednn_bf16: {type: boolean, description: oneDNN dispatches bf16 kernels (avx512_core_bf16 or above).}
+                      onednn_amx: {type: boolean, description: oneDNN dispatches AMX kernels (avx512_core_amx).}
         '401': {$ref: '#/components/responses/Error'}
   /metrics:
     get:

@@ -31,6 +31,37 @@ public enum Runtime {
         }
     }
 
+    /// What this machine offers for bf16: the CPU's instructions (from `/proc/cpuinfo`) and what
+    /// oneDNN's dispatcher actually runs (its effective ISA).
+    public struct BF16Support: Codable, Sendable, Equatable {
+        /// AVX512-BF16 (`vdpbf16ps`): bf16 dot products on the vector units.
+        public var avx512_bf16: Bool
+        /// AMX tiles (`amx_tile`) with bf16 tile multiplies (`amx_bf16`).
+        public var amx_bf16: Bool
+        /// oneDNN dispatches its bf16 kernels (`avx512_core_bf16` or above).
+        public var onednn_bf16: Bool
+        /// oneDNN dispatches its AMX kernels (`avx512_core_amx`). oneDNN 2.6 may leave AMX off
+        /// (initial support) even where the CPU has it.
+        public var onednn_amx: Bool
+
+        public init(avx512_bf16: Bool, amx_bf16: Bool, onednn_bf16: Bool, onednn_amx: Bool) {
+            self.avx512_bf16 = avx512_bf16; self.amx_bf16 = amx_bf16; self.onednn_bf16 = onednn_bf16; self.onednn_amx = onednn_amx
+        }
+
+        /// From the `flags` line of `/proc/cpuinfo` and oneDNN's effective ISA name (`dnnlISA`).
+        public static func from(cpuinfo: String, onednnISA: String) -> BF16Support {
+            let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
+            let bf16ISAs: Set<String> = ["avx512_core_bf16", "avx512_core_amx"]
+            return BF16Support(avx512_bf16: flags.contains("avx512_bf16"), amx_bf16: flags.contains("amx_tile") && flags.contains("amx_bf16"),
+                               onednn_bf16: bf16ISAs.contains(onednnISA), onednn_amx: onednnISA == "avx512_core_amx")
+        }
+    }
+
+    /// This machine's bf16 support (see `BF16Support`).
+    public static var bf16: BF16Support {
+        BF16Support.from(cpuinfo: (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "", onednnISA: dnnlISA)
+    }
+
     /// The OpenBLAS core families with AVX-512 kernels.
     static let fastCores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
 

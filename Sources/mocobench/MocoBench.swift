@@ -44,9 +44,12 @@ func now() -> Double {
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The kernels in use on this machine.")
     func run() {
+        let bf16 = Runtime.bf16
         printJSON(["openblas_core": Runtime.openBLASCore, "openblas_fast": Runtime.openBLASIsFast,
                    "onednn_isa": Runtime.dnnlISA, "max_threads": Runtime.maxThreads,
-                   "cpu_avx512": Runtime.cpuHasAVX512, "gemm_max_relative_error": Self.gemmError()])
+                   "cpu_avx512": Runtime.cpuHasAVX512, "gemm_max_relative_error": Self.gemmError(),
+                   "bf16": ["avx512_bf16": bf16.avx512_bf16, "amx_bf16": bf16.amx_bf16,
+                            "onednn_bf16": bf16.onednn_bf16, "onednn_amx": bf16.onednn_amx]])
     }
 
     /// Largest relative error of OpenBLAS SGEMM (every transpose combination, odd sizes) against

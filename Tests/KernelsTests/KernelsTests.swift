@@ -88,6 +88,29 @@ import Testing
     @Test func runtimeReportsKernels() {
         #expect(!Runtime.openBLASCore.isEmpty)
         #expect(!Runtime.dnnlISA.isEmpty)
+        // This machine's report agrees with oneDNN's dispatcher.
+        let here = Runtime.bf16
+        #expect(here.onednn_amx == (Runtime.dnnlISA == "avx512_core_amx"))
+        #expect(!here.onednn_bf16 || here.avx512_bf16 || here.amx_bf16)
+    }
+
+    /// bf16 support read from cpuinfo flags and oneDNN's ISA: AMX needs both tile flags, and
+    /// oneDNN's answer is its own (a CPU with AMX where oneDNN leaves it off says so).
+    @Test(arguments: [
+        ("flags\t: fpu avx512f avx512_bf16 avx512_vnni", "avx512_core_bf16",
+         Runtime.BF16Support(avx512_bf16: true, amx_bf16: false, onednn_bf16: true, onednn_amx: false)),
+        ("flags\t: avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "avx512_core_amx",
+         Runtime.BF16Support(avx512_bf16: true, amx_bf16: true, onednn_bf16: true, onednn_amx: true)),
+        ("flags\t: avx512f avx512_bf16 amx_bf16 amx_tile", "avx512_core_bf16",
+         Runtime.BF16Support(avx512_bf16: true, amx_bf16: true, onednn_bf16: true, onednn_amx: false)),
+        ("flags\t: avx512f amx_bf16", "avx512_core",
+         Runtime.BF16Support(avx512_bf16: false, amx_bf16: false, onednn_bf16: false, onednn_amx: false)),
+        ("processor\t: 0\nflags\t: avx2 fma", "avx2",
+         Runtime.BF16Support(avx512_bf16: false, amx_bf16: false, onednn_bf16: false, onednn_amx: false)),
+        ("", "other(0)", Runtime.BF16Support(avx512_bf16: false, amx_bf16: false, onednn_bf16: false, onednn_amx: false)),
+    ] as [(String, String, Runtime.BF16Support)])
+    func bf16Support(_ cpuinfo: String, _ isa: String, _ expected: Runtime.BF16Support) {
+        #expect(Runtime.BF16Support.from(cpuinfo: cpuinfo, onednnISA: isa) == expected)
     }
 }
 
