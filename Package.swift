@@ -54,7 +54,7 @@ let package = Package(
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "mocobench",
-            dependencies: ["NN", "Autograd", "Kernels", "HTTP", .product(name: "Logging", package: "swift-log"),
+            dependencies: ["MoCo", "NN", "Autograd", "Kernels", "HTTP", .product(name: "Logging", package: "swift-log"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .target(name: "TestSupport", dependencies: ["Autograd", "NN", "Kernels"], path: "Tests/TestSupport"),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),

@@ -114,6 +114,21 @@ public final class MoCoModel {
         return StepResult(loss: loss, keys: k, instanceAccuracy: acc, featureStd: featureStd(q))
     }
 
+    /// One training step exactly as `moco train` and the daemon's workers run it (and as
+    /// `mocobench step` times it): the forward pass; then, when the loss is finite, the query
+    /// encoder's backward pass, the optimizer step and the enqueue of the keys. A non-finite loss
+    /// changes nothing (the caller stops the run); its value is returned either way.
+    public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: SGD, rng: inout SeededGenerator) -> (result: StepResult, loss: Float) {
+        let result = forward(x1, x2, rng: &rng)
+        let loss = result.loss.item
+        guard loss.isFinite else { return (result, loss) }
+        optimizer.zeroGrad()
+        result.loss.backward()
+        optimizer.step()
+        enqueue(result.keys)
+        return (result, loss)
+    }
+
     /// Writes `keys` into the queue at the pointer and advances it (K is a multiple of the count).
     public func enqueue(_ keys: Tensor) {
         let n = keys.shape[0], dim = queue.shape[1], k = queue.shape[0]

@@ -197,17 +197,12 @@ public final class Trainer {
                 opt.learningRate = lr
                 let x1 = Tensor(shape: [batch, channels, size, size], buffer: b.views[0])
                 let x2 = Tensor(shape: [batch, channels, size, size], buffer: b.views[1])
-                let result = model.forward(x1, x2, rng: &shuffleRNG)
-                let loss = result.loss.item
+                let (result, loss) = model.trainStep(x1, x2, optimizer: opt, rng: &shuffleRNG)
                 guard loss.isFinite else {
                     let reason = "loss became \(loss) at step \(step + 1) (epoch \(epoch + 1)); stopped, keeping the last good checkpoint"
                     emit(.message(reason))
                     return .failed(reason: reason)
                 }
-                opt.zeroGrad()
-                result.loss.backward()
-                opt.step()
-                model.enqueue(result.keys)
                 step += 1
 
                 let now = Date()

@@ -3,6 +3,7 @@ import Autograd
 import Foundation
 import HTTP
 import Logging
+import MoCo
 import Kernels
 import NN
 
@@ -111,7 +112,7 @@ struct GEMMBench: ParsableCommand {
 
 struct Step: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Times a MoCo-shaped training step: query forward+backward, key forward (no grad), SGD, EMA update.")
+        abstract: "Times the trainer's MoCo v2 step (the code `moco train` runs): EMA update, query forward+backward, key forward with shuffle BN, SGD, enqueue.")
     @Option var arch: ResNetConfig.Arch = .resnet18
     @Option var stem: ResNetConfig.Stem = .cifar
     @Option var width = 64
@@ -122,59 +123,27 @@ struct Step: ParsableCommand {
     @Option(help: "Queue length K (rounded up to a multiple of the batch).") var queue = 4096
     @Option var steps = 5
     @Option var warmup = 2
-    @Option(help: "Split-BN groups in the key encoder (1 = plain BN, as the PyTorch reference).") var groups = 1
+    @Option(help: "Split-BN groups (the spec's moco.bn_splits; 1 = plain BN, as the PyTorch reference).") var groups = 1
     @Flag(help: "Run ReLUs as separate passes instead of fused into batch norm and the residual add.") var noFusion = false
 
     func run() throws {
         Runtime.setThreads(threads)
         var rng = SeededGenerator(seed: 0)
-        let dim = 128, t: Float = 0.2
+        let dim = 128
         let k = (queue + batch - 1) / batch * batch
         let config = ResNetConfig(arch: arch, stem: stem, width: width, inChannels: channels, numClasses: dim)
-        func encoder() -> ResNet {
-            let e = ResNet(config, using: &rng)
-            let hidden = config.featureDimension
-            // MoCo v2's MLP head replaces fc: fc.0 (Linear) → fc.1 (ReLU) → fc.2 (the original fc).
-            e.fc = Sequential([Linear(inputFeatures: hidden, outputFeatures: hidden, using: &rng), ReLU(), e.fc!])
-            return e
-        }
-        let encoderQ = encoder(), encoderK = encoder()
-        try encoderK.loadStateDict(Dictionary(uniqueKeysWithValues: encoderQ.stateDict().map { ($0.name, $0.tensor) }))
-        encoderK.setBatchNormGroups(groups)
-        encoderQ.fused = !noFusion
-        encoderK.fused = !noFusion
-        let paramsQ = encoderQ.parameters(), paramsK = encoderK.parameters()
-        for p in paramsK { p.requiresGrad = false }
-        let queueT = l2Normalized(Tensor.randn([k, dim], using: &rng))   // K x dim: row i is key i
-        var queuePointer = 0
-        let opt = SGD(parameters: paramsQ, learningRate: 0.03, momentum: 0.9, weightDecay: 1e-4)
+        // MoCo v2 as `moco train` builds it (MLP head, t 0.2, m 0.999, SGD 0.03/0.9/1e-4), and
+        // the trainer's own step: the same code path a job runs, not a copy of it.
+        let model = MoCoModel(config: config, mlpHidden: nil, queueSize: k, momentum: 0.999, temperature: 0.2, bnSplits: groups,
+                              symmetric: false, rng: &rng)
+        model.encoderQ.fused = !noFusion
+        model.encoderK.fused = !noFusion
+        let encoderQ = model.encoderQ
+        let opt = SGD(parameters: encoderQ.parameters(), learningRate: 0.03, momentum: 0.9, weightDecay: 1e-4)
         let xq = Tensor.randn([batch, channels, size, size], using: &rng)
         let xk = Tensor.randn([batch, channels, size, size], using: &rng)
-        let labels = [Int](repeating: 0, count: batch)
-
-        func step() -> Float {
-            let q = l2Normalized(encoderQ(xq))                               // N x dim
-            let key = GradMode.withNoGrad { () -> Tensor in
-                for (pk, pq) in zip(paramsK, paramsQ) {
-                    pk.withUnsafeMutableFloats { fk in
-                        pq.withUnsafeFloats { fq in Vector.ema(fk.baseAddress!, toward: fq.baseAddress!, count: pk.count, momentum: 0.999) }
-                    }
-                }
-                return l2Normalized(encoderK(xk))                            // N x dim
-            }
-            let positive = sumRows(multiply(q, key))                         // N x 1
-            let negative = matmul(q, queueT, transposeB: true)              // N x K
-            let logits = concat([positive, negative], axis: 1) / t           // N x (1+K)
-            let loss = crossEntropy(logits, targets: labels)
-            opt.zeroGrad()
-            loss.backward()
-            opt.step()
-            key.withUnsafeFloats { from in
-                queueT.withUnsafeMutableFloats { to in (to.baseAddress! + queuePointer * dim).update(from: from.baseAddress!, count: batch * dim) }
-            }
-            queuePointer = (queuePointer + batch) % k
-            return loss.item
-        }
+        var shuffle = SeededGenerator(seed: 1)
+        func step() -> Float { model.trainStep(xq, xk, optimizer: opt, rng: &shuffle).loss }
 
         for _ in 0..<warmup { _ = step() }
         let allocationsAfterWarmup = BufferPool.stats.allocations
