@@ -114,10 +114,14 @@ public struct Scheduling: Sendable, Equatable {
         case .submitted(let j):
             if var r = running[j.id] {
                 // Resumed in the moment between its end being stored and its slot freed: it
-                // waits in the queue again once the slot is free.
-                if r.ending { r.requeue = true; r.job = Queued(id: j.id, priority: j.priority, seq: j.seq, threads: j.threads,
-                                                               restarts: max(j.restarts, r.job.restarts), maxRestarts: j.maxRestarts)
-                    running[j.id] = r }
+                // waits in the queue again once the slot is free (keeping the restarts it used).
+                if r.ending {
+                    var job = j
+                    job.restarts = max(j.restarts, r.job.restarts)
+                    r.job = job
+                    r.requeue = true
+                    running[j.id] = r
+                }
                 return []
             }
             enqueue(j)
