@@ -259,12 +259,7 @@ public final class API: Sendable {
     }
 
     /// A job as JSON (the cache above keeps one per job until the store changes).
-    func jobJSON(_ j: JobRecord) -> [UInt8] {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        enc.dateEncodingStrategy = .iso8601
-        return Array((try? enc.encode(view(j))) ?? Data("{}".utf8))
-    }
+    func jobJSON(_ j: JobRecord) -> [UInt8] { DaemonJSON.bytes(view(j)) }
 
     /// A job's spec, parsed once per job (specs never change). Parsed as a submission is, so a
     /// spec stored before a field existed gets that field's preset value.

@@ -29,11 +29,13 @@ public struct JobStreamEvent: Sendable {
     struct CheckpointData: Encodable { var name: String; var sha256: String }
 }
 
-/// The daemon's JSON: `Codable`, sorted keys, slashes unescaped.
+/// The daemon's JSON: `Codable`, sorted keys, slashes unescaped, dates in ISO 8601 (as
+/// `HTTPResponse.json` writes them).
 enum DaemonJSON {
     static func data(_ value: some Encodable) -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        enc.dateEncodingStrategy = .iso8601
         return (try? enc.encode(value)) ?? Data("{}".utf8)
     }
     static func string(_ value: some Encodable) -> String { String(decoding: data(value), as: UTF8.self) }

@@ -128,6 +128,28 @@ import Worker
 }
 
 extension WorkerTests {
+    /// A job's threads are never cut: with two jobs at a time on two cores, a 2-thread job takes
+    /// both (pinned), and a 1-thread job waits in the queue until they are free.
+    @Test func threadsAreNeverCutAJobWaitsForItsCores() throws {
+        let d = try LiveDaemon(maxRunning: 2, threads: 2)
+        defer { d.stop() }
+        let wide = Self.spec(epochs: 50).replacingOccurrences(of: #""threads": 1"#, with: #""threads": 2"#)
+        let a = try #require(d.request("POST", "/v1/jobs", body: wide).json["id"] as? String)
+        let jobDir = d.dir.appendingPathComponent("jobs/\(a)").path
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline && CrashTests.workerProcesses(jobDirectory: jobDir).isEmpty { usleep(10_000) }
+        let pid = try #require(CrashTests.workerProcesses(jobDirectory: jobDir).first)
+        let args = (FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data()).split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        #expect(args.firstIndex(of: "--cores").map { args[$0 + 1] } == "0,1", "\(args)")
+        let b = try #require(d.request("POST", "/v1/jobs", body: Self.spec(epochs: 1)).json["id"] as? String)
+        usleep(500_000)
+        #expect(d.request("GET", "/v1/jobs/\(b)").json["state"] as? String == "queued")
+        #expect(d.request("GET", "/v1/jobs/\(a)").json["state"] as? String == "running")
+        #expect(d.request("POST", "/v1/jobs/\(a)/cancel").status == 202)
+        #expect(d.waitFor(b, ["succeeded", "failed"])["state"] as? String == "succeeded")
+    }
+
+
     /// `max_restarts` bounds a job's whole life: restarts used before a daemon restart count after it.
     @Test func restartsAreCountedAcrossDaemonRestarts() throws {
         let first = try LiveDaemon()
