@@ -16,6 +16,7 @@ Conventions (all files):
 
 Run:  python scripts/make_golden.py   (from the repository root or anywhere)
 """
+import contextlib
 import copy
 import json
 import os
@@ -323,6 +324,71 @@ def make_resnet_fixture():
               bn_randomized=True))
 
 
+# --------------------------------------------------------------------------- bf16 autocast
+def autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def make_autocast():
+    """Ops and a ResNet under torch.autocast("cpu", bfloat16): inputs and parameters fp32, the
+    outputs and input gradients as autocast leaves them (bf16, stored here as float32), parameter
+    gradients fp32. Also the fp32 results of the same computation (`fp32.*`), so that a test can
+    tell how far bf16 rounding moves them."""
+    torch.manual_seed(801)
+    x = leaf(torch.randn(4, 16, 8, 8))
+    w = leaf(torch.randn(32, 16, 3, 3) * 0.1)
+    with autocast():
+        y = F.conv2d(x, w, None, stride=1, padding=1)
+    assert y.dtype == torch.bfloat16
+    gy = torch.randn(y.shape)
+    y.backward(gy)
+    t = {"x": x, "w": w, "y": y.float(), "gy": gy, "gx": x.grad.float(), "gw": w.grad.float()}
+    x32, w32 = leaf(x), leaf(w)
+    y32 = F.conv2d(x32, w32, None, stride=1, padding=1)
+    y32.backward(gy)
+    t.update({"fp32.y": y32, "fp32.gx": x32.grad, "fp32.gw": w32.grad})
+    save("autocast_conv2d.safetensors", t, meta("autocast_conv2d", stride=1, padding=1, dtype="bfloat16"))
+
+    torch.manual_seed(802)
+    x = leaf(torch.randn(16, 64))
+    w = leaf(torch.randn(32, 64) * 0.1)
+    b = leaf(torch.randn(32) * 0.1)
+    with autocast():
+        y = F.linear(x, w, b)
+    assert y.dtype == torch.bfloat16
+    gy = torch.randn(y.shape)
+    y.backward(gy)
+    t = {"x": x, "w": w, "b": b, "y": y.float(), "gy": gy, "gx": x.grad.float(), "gw": w.grad.float(), "gb": b.grad.float()}
+    save("autocast_linear.safetensors", t, meta("autocast_linear", dtype="bfloat16"))
+
+    torch.manual_seed(601)
+    net = make_resnet(BasicBlock, [2, 2, 2, 2], 8, 3, "cifar", 10)
+    randomize_bn(net, 6011)
+    ref = copy.deepcopy(net)
+    x = torch.randn(16, 3, 32, 32)
+    gy = torch.randn(16, 10)
+
+    def run(module, lowp):
+        module.train()
+        before = {k: v.detach().clone() for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+        xl = leaf(x)
+        with (autocast() if lowp else contextlib.nullcontext()):
+            y = module(xl)
+        y.backward(gy)
+        out = {"x": xl, "y": y.float(), "gy": gy, "gx": xl.grad.float()}
+        out.update({f"param.{k}": v for k, v in before.items()})
+        out.update({f"grad.{k}": p.grad.float() for k, p in module.named_parameters()})
+        out.update({f"after.{k}": v for k, v in module.named_buffers() if k.endswith(("running_mean", "running_var"))})
+        return out
+
+    t = run(net, True)
+    r = run(ref, False)
+    t.update({f"fp32.{k}": v for k, v in r.items() if k in ("y", "gx") or k.startswith("grad.")})
+    save("autocast_resnet18_cifar_w8.safetensors", t,
+         meta("autocast_resnet18_cifar_w8", arch="resnet18", stem="cifar", width=8, in_channels=3,
+              num_classes=10, training=True, momentum=BN_MOMENTUM, eps=BN_EPS, bn_randomized=True, dtype="bfloat16"))
+
+
 # --------------------------------------------------------------------------- sgd
 def make_sgd():
     torch.manual_seed(701)
@@ -374,6 +440,7 @@ def main():
     make_blocks()
     make_resnet_fixture()
     make_sgd()
+    make_autocast()
     make_models_json()
     total = 0
     for d in (GOLDEN, TV_DIR):

@@ -1,14 +1,15 @@
 import Kernels
 
 /// 2-D convolution: `x` `N x C x H x W`, `weight` `O x C x k x k` (row-major, as PyTorch stores it),
-/// optional `bias` `O`. The output stays in the layout oneDNN chose.
+/// optional `bias` `O`. The output stays in the layout oneDNN chose. Under `Autocast` bf16 the
+/// input and weights are cast to bf16 and the output is bf16; the weight gradient is fp32.
 public func conv2d(_ x: Tensor, _ weight: Tensor, bias: Tensor? = nil, stride: Int = 1, padding: Int = 0) -> Tensor {
     precondition(x.shape.count == 4 && weight.shape.count == 4, "conv2d wants 4-D input and weight, got \(x.shape), \(weight.shape)")
     precondition(weight.shape[1] == x.shape[1], "conv2d: weight has \(weight.shape[1]) input channels, input has \(x.shape[1])")
     precondition(weight.shape[2] == weight.shape[3], "conv2d: square kernels only")
     let s = ConvShape(batch: x.shape[0], inChannels: x.shape[1], height: x.shape[2], width: x.shape[3],
                       outChannels: weight.shape[0], kernel: weight.shape[2], stride: stride, padding: padding,
-                      hasBias: bias != nil)
+                      hasBias: bias != nil, dataType: Autocast.computeType)
     let training = Tensor.needsGrad(x, weight, bias)
     let fwd = Convolution.forward(s, src: x.desc, training: training)
     let srcMD = fwd.md(.src), wMD = fwd.md(.weights), dstMD = fwd.md(.dst)

@@ -1,18 +1,25 @@
 import Kernels
 
 /// `op(a) · op(b)` for row-major 2-D tensors, `op` transposing where asked (OpenBLAS SGEMM).
+/// Under `Autocast` bf16 the operands (and the backward's incoming gradient) are cast to bf16
+/// and the products run on oneDNN with fp32 accumulation; output and gradients are fp32.
 public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
     precondition(a.shape.count == 2 && b.shape.count == 2, "matmul wants 2-D tensors, got \(a.shape), \(b.shape)")
     let m = transposeA ? a.shape[1] : a.shape[0], k = transposeA ? a.shape[0] : a.shape[1]
     let kb = transposeB ? b.shape[1] : b.shape[0], n = transposeB ? b.shape[0] : b.shape[1]
     precondition(k == kb, "matmul: inner dimensions \(k) and \(kb) differ")
+    let type = Autocast.computeType
     let pa = a.plain(), pb = b.plain()
+    // The operands as the products read them: the fp32 tensors themselves, or bf16 copies.
+    let ca = pa.cast(to: type), cb = pb.cast(to: type)
     let out = Tensor(uninitialized: [m, n])
-    sgemm(transA: transposeA, transB: transposeB, m: m, n: n, k: k, a: pa, lda: a.shape[1], b: pb, ldb: b.shape[1], c: out, ldc: n)
+    sgemm(transA: transposeA, transB: transposeB, m: m, n: n, k: k, a: ca, lda: a.shape[1], b: cb, ldb: b.shape[1], c: out, ldc: n)
     return Tensor.result(shape: [m, n], desc: out.desc, buffer: out.buffer, inputs: [pa, pb]) { gy in
-        let g = gy.plain()
+        let g = gy.plain().cast(to: type)
+        let (wantsA, wantsB) = (pa.requiresGrad, pb.requiresGrad)
+        let (pa, pb) = (ca, cb)
         var ga: Tensor?, gb: Tensor?
-        if pa.requiresGrad {
+        if wantsA {
             // d op(A) = G · op(B)ᵀ; stored A is op(A) or its transpose.
             let t = Tensor(uninitialized: a.shape)
             if !transposeA {
@@ -22,7 +29,7 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
             }
             ga = t
         }
-        if pb.requiresGrad {
+        if wantsB {
             // d op(B) = op(A)ᵀ · G.
             let t = Tensor(uninitialized: b.shape)
             if !transposeB {
@@ -36,8 +43,14 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
     }
 }
 
-/// `GEMM.sgemm` on the storage of three row-major tensors, lent only for the call.
+/// `GEMM.sgemm` on the storage of three row-major tensors, lent only for the call; with bf16
+/// operands, oneDNN's matmul (fp32 accumulation, fp32 `c`).
 private func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: Tensor, lda: Int, b: Tensor, ldb: Int, c: Tensor, ldc: Int) {
+    if a.dataType != .f32 || b.dataType != .f32 {
+        MatMulKernel.gemm(transA: transA, transB: transB, m: m, n: n, k: k, a: a.buffer, a.dataType, lda: lda,
+                          b: b.buffer, b.dataType, ldb: ldb, c: c.buffer, c.dataType, ldc: ldc)
+        return
+    }
     a.withUnsafeFloats { fa in
         b.withUnsafeFloats { fb in
             c.withUnsafeMutableFloats { fc in

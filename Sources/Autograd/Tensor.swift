@@ -83,7 +83,10 @@ public final class Tensor {
     public var count: Int { shape.reduce(1, *) }
     /// Number of floats the layout occupies (padding included).
     var physicalCount: Int { desc.byteCount / 4 }
-    public var isPlain: Bool { desc.isPlain }
+    /// Whether the bytes are row-major fp32 (what the Swift loops read).
+    public var isPlain: Bool { desc.isPlain && desc.dataType == .f32 }
+    /// The element type of the bytes (`.bf16` for activations under bf16 mixed precision).
+    public var dataType: DataType { desc.dataType }
     public var isLeaf: Bool { node == nil }
 
     /// Lends the tensor's buffer as mutable floats for the duration of `body`: forwards to
@@ -92,13 +95,15 @@ public final class Tensor {
     /// `count` (layout padding, or a larger buffer a tensor was made over).
     @inlinable @inline(__always)
     public func withUnsafeMutableFloats<R, E: Error>(_ body: (UnsafeMutableBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
-        try buffer.withUnsafeMutableFloats(body)
+        precondition(desc.dataType == .f32, "float access to a \(desc.dataType) tensor of shape \(shape): take plain() first")
+        return try buffer.withUnsafeMutableFloats(body)
     }
 
     /// Lends the tensor's buffer read-only; the same rules as `withUnsafeMutableFloats`.
     @inlinable @inline(__always)
     public func withUnsafeFloats<R, E: Error>(_ body: (UnsafeBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
-        try buffer.withUnsafeFloats(body)
+        precondition(desc.dataType == .f32, "float access to a \(desc.dataType) tensor of shape \(shape): take plain() first")
+        return try buffer.withUnsafeFloats(body)
     }
 
     /// The values in row-major order.
@@ -222,9 +227,15 @@ extension Tensor {
 }
 
 /// `a + b` into a fresh buffer in `a`'s layout (never in place: a gradient may be shared).
+/// bf16 gradients are added by oneDNN (in fp32, rounded once), as PyTorch adds them.
 func accumulated(_ a: Tensor, _ b: Tensor) -> Tensor {
     let bb = b.reorderedRaw(to: a.desc)
     let out = Buffer(byteCount: a.desc.byteCount)
+    if a.dataType != .f32 {
+        ElementwiseKernel.add(a.desc, relu: false)
+            .execute([(.src, a.desc, a.buffer.pointer), (.src1, a.desc, bb.buffer.pointer), (.dst, a.desc, out.pointer)])
+        return Tensor(shape: a.shape, desc: a.desc, buffer: out)
+    }
     a.withUnsafeFloats { pa in
         bb.withUnsafeFloats { pb in
             out.withUnsafeMutableFloats { Vector.add(pa.baseAddress!, pb.baseAddress!, into: $0.baseAddress!, count: a.physicalCount) }

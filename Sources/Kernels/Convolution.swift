@@ -11,12 +11,15 @@ public struct ConvShape: Hashable, Sendable, CustomStringConvertible {
     public var stride: Int
     public var padding: Int
     public var hasBias: Bool
+    /// The type of the source, weights, destination and their gradients. With `.bf16` the
+    /// primitives accumulate in fp32; bias, weight gradients and bias gradients stay fp32.
+    public var dataType: DataType
 
     public init(batch: Int, inChannels: Int, height: Int, width: Int, outChannels: Int,
-                kernel: Int, stride: Int, padding: Int, hasBias: Bool) {
+                kernel: Int, stride: Int, padding: Int, hasBias: Bool, dataType: DataType = .f32) {
         self.batch = batch; self.inChannels = inChannels; self.height = height; self.width = width
         self.outChannels = outChannels; self.kernel = kernel; self.stride = stride; self.padding = padding
-        self.hasBias = hasBias
+        self.hasBias = hasBias; self.dataType = dataType
     }
 
     public var outHeight: Int { (height + 2 * padding - kernel) / stride + 1 }
@@ -28,8 +31,8 @@ public struct ConvShape: Hashable, Sendable, CustomStringConvertible {
     public var forwardFLOPs: Double {
         2 * Double(batch * outChannels * outHeight * outWidth) * Double(inChannels * kernel * kernel)
     }
-    var ints: [Int] { [batch, inChannels, height, width, outChannels, kernel, stride, padding, hasBias ? 1 : 0] }
-    public var description: String { "conv \(srcDims)->\(dstDims) k\(kernel)s\(stride)p\(padding)" }
+    var ints: [Int] { [batch, inChannels, height, width, outChannels, kernel, stride, padding, hasBias ? 1 : 0, dataType.size] }
+    public var description: String { "conv \(srcDims)->\(dstDims) k\(kernel)s\(stride)p\(padding)\(dataType == .bf16 ? " bf16" : "")" }
 }
 
 /// oneDNN convolution primitives: forward, backward-data, backward-weights.
@@ -39,9 +42,10 @@ public struct ConvShape: Hashable, Sendable, CustomStringConvertible {
 /// `md(dnnl_query_src_md)`. Plain `nchw` activations with many channels always take the second
 /// path, because oneDNN serves them only with its slow reference kernel.
 public enum Convolution {
-    static func descs(_ s: ConvShape) -> (w: MemoryDesc, b: MemoryDesc, dst: MemoryDesc) {
-        (MemoryDesc.tagged(s.weightDims, dnnl_format_tag_any), MemoryDesc.plain([s.outChannels]),
-         MemoryDesc.tagged(s.dstDims, dnnl_format_tag_any))
+    /// Weights (in the shape's type, or fp32 for the weight gradient), fp32 bias, destination.
+    static func descs(_ s: ConvShape, weightGradient: Bool = false) -> (w: MemoryDesc, b: MemoryDesc, dst: MemoryDesc) {
+        (MemoryDesc.tagged(s.weightDims, dnnl_format_tag_any, weightGradient ? .f32 : s.dataType), MemoryDesc.plain([s.outChannels]),
+         MemoryDesc.tagged(s.dstDims, dnnl_format_tag_any, s.dataType))
     }
 
     static func isReference(_ pd: dnnl_primitive_desc_t) -> Bool {
@@ -58,7 +62,7 @@ public enum Convolution {
             let prop = training ? dnnl_forward_training : dnnl_forward_inference
             func make(_ srcMD: MemoryDesc) -> dnnl_primitive_desc_t? {
                 var (w, b, dst) = descs(s)
-                var x = srcMD.raw
+                var x = srcMD.with(s.dataType).raw
                 let strides = dnnlDims([s.stride, s.stride])
                 let pad = dnnlDims([s.padding, s.padding])
                 var d = dnnl_convolution_desc_t()
@@ -71,7 +75,7 @@ public enum Convolution {
             }
             let wantsOwnLayout = !(src.isPlain && s.inChannels > 4)
             if wantsOwnLayout, let pd = make(src), !isReference(pd) { return Primitive(pd: pd) }
-            guard let pd = make(MemoryDesc.tagged(s.srcDims, dnnl_format_tag_any)) else {
+            guard let pd = make(MemoryDesc.tagged(s.srcDims, dnnl_format_tag_any, s.dataType)) else {
                 fatalError("oneDNN has no convolution for \(s)")
             }
             return Primitive(pd: pd)
@@ -84,7 +88,7 @@ public enum Convolution {
         return PrimitiveCache.get(key) {
             func make(_ dsrc: MemoryDesc, _ ddst: MemoryDesc) -> dnnl_primitive_desc_t? {
                 var (w, _, _) = descs(s)
-                var a = dsrc.raw, c = ddst.raw
+                var a = dsrc.with(s.dataType).raw, c = ddst.with(s.dataType).raw
                 let strides = dnnlDims([s.stride, s.stride])
                 let pad = dnnlDims([s.padding, s.padding])
                 var d = dnnl_convolution_desc_t()
@@ -94,7 +98,8 @@ public enum Convolution {
                 return makePD(&d, hint: fwd.pd)
             }
             if !diffSrc.isPlain, let pd = make(diffSrc, diffDst), !isReference(pd) { return Primitive(pd: pd) }
-            guard let pd = make(MemoryDesc.tagged(s.srcDims, dnnl_format_tag_any), MemoryDesc.tagged(s.dstDims, dnnl_format_tag_any)) else {
+            guard let pd = make(MemoryDesc.tagged(s.srcDims, dnnl_format_tag_any, s.dataType),
+                                MemoryDesc.tagged(s.dstDims, dnnl_format_tag_any, s.dataType)) else {
                 fatalError("oneDNN has no backward-data convolution for \(s)")
             }
             return Primitive(pd: pd)
@@ -106,8 +111,8 @@ public enum Convolution {
         let key = PrimitiveKey(op: "conv_bwd_weights", descs: [src, diffDst], ints: s.ints)
         return PrimitiveCache.get(key) {
             func make(_ x: MemoryDesc, _ ddst: MemoryDesc) -> dnnl_primitive_desc_t? {
-                var (w, b, _) = descs(s)
-                var a = x.raw, c = ddst.raw
+                var (w, b, _) = descs(s, weightGradient: true)
+                var a = x.with(s.dataType).raw, c = ddst.with(s.dataType).raw
                 let strides = dnnlDims([s.stride, s.stride])
                 let pad = dnnlDims([s.padding, s.padding])
                 var d = dnnl_convolution_desc_t()
@@ -119,7 +124,8 @@ public enum Convolution {
                 return makePD(&d, hint: fwd.pd)
             }
             if let pd = make(src, diffDst), !isReference(pd) { return Primitive(pd: pd) }
-            guard let pd = make(MemoryDesc.tagged(s.srcDims, dnnl_format_tag_any), MemoryDesc.tagged(s.dstDims, dnnl_format_tag_any)) else {
+            guard let pd = make(MemoryDesc.tagged(s.srcDims, dnnl_format_tag_any, s.dataType),
+                                MemoryDesc.tagged(s.dstDims, dnnl_format_tag_any, s.dataType)) else {
                 fatalError("oneDNN has no backward-weights convolution for \(s)")
             }
             return Primitive(pd: pd)

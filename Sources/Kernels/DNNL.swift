@@ -34,6 +34,16 @@ final class DNNLContext: @unchecked Sendable {
 
 // MARK: - Memory descriptors
 
+/// The element type of a tensor's bytes: fp32, or bf16 (the upper half of an fp32, used for
+/// activations and the operands of convolutions and matmuls under bf16 mixed precision).
+public enum DataType: Sendable, Hashable {
+    case f32, bf16
+
+    var dnnl: dnnl_data_type_t { self == .f32 ? dnnl_f32 : dnnl_bf16 }
+    /// Bytes per element.
+    public var size: Int { self == .f32 ? 4 : 2 }
+}
+
 /// A oneDNN memory descriptor: logical dims plus the physical layout a primitive chose.
 ///
 /// Equality and hashing use the fields that define the layout (dims, padding, blocking), so two
@@ -44,19 +54,39 @@ public struct MemoryDesc: Hashable, @unchecked Sendable {
 
     public init(raw: dnnl_memory_desc_t) { self.raw = raw }
 
-    /// Row-major (`a`, `ab`, `abc`, `abcd`, `abcde`) fp32 descriptor for `dims`.
-    public static func plain(_ dims: [Int]) -> MemoryDesc {
+    /// Row-major (`a`, `ab`, `abc`, `abcd`, `abcde`) descriptor for `dims`, fp32 unless told.
+    public static func plain(_ dims: [Int], _ type: DataType = .f32) -> MemoryDesc {
         precondition(!dims.isEmpty && dims.count <= 5, "plain descriptors cover 1 to 5 dims, got \(dims)")
         let tags: [dnnl_format_tag_t] = [dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd, dnnl_abcde]
-        return tagged(dims, tags[dims.count - 1])
+        return tagged(dims, tags[dims.count - 1], type)
     }
 
     /// A descriptor with an explicit format tag (`dnnl_format_tag_any` lets a primitive choose).
-    public static func tagged(_ dims: [Int], _ tag: dnnl_format_tag_t) -> MemoryDesc {
+    public static func tagged(_ dims: [Int], _ tag: dnnl_format_tag_t, _ type: DataType = .f32) -> MemoryDesc {
         var md = dnnl_memory_desc_t()
         let d = dnnlDims(dims)
-        check(dnnl_memory_desc_init_by_tag(&md, Int32(dims.count), d, dnnl_f32, tag), "memory_desc_init_by_tag \(dims)")
+        check(dnnl_memory_desc_init_by_tag(&md, Int32(dims.count), d, type.dnnl, tag), "memory_desc_init_by_tag \(dims)")
         return MemoryDesc(raw: md)
+    }
+
+    /// A 2-D descriptor read through explicit strides (in elements): `[cols, 1]` is row-major,
+    /// `[1, rows]` the transpose of a row-major `cols x rows` matrix.
+    public static func strided(_ dims: [Int], strides: [Int], _ type: DataType) -> MemoryDesc {
+        var md = dnnl_memory_desc_t()
+        check(dnnl_memory_desc_init_by_strides(&md, Int32(dims.count), dnnlDims(dims), type.dnnl, dnnlDims(strides)),
+              "memory_desc_init_by_strides \(dims)")
+        return MemoryDesc(raw: md)
+    }
+
+    /// The element type.
+    public var dataType: DataType { raw.data_type == dnnl_bf16 ? .bf16 : .f32 }
+
+    /// The same layout (dims, blocking, padding) holding elements of `type`.
+    public func with(_ type: DataType) -> MemoryDesc {
+        if type == dataType { return self }
+        var r = raw
+        r.data_type = type.dnnl
+        return MemoryDesc(raw: r)
     }
 
     public var ndims: Int { Int(raw.ndims) }
@@ -69,8 +99,9 @@ public struct MemoryDesc: Hashable, @unchecked Sendable {
         withUnsafeBytes(of: raw.format_desc.blocking.strides) { Array($0.bindMemory(to: Int64.self).prefix(ndims)).map(Int.init) }
     }
 
-    /// Whether the bytes are the row-major layout of `dims` (no blocking, no padding).
-    public var isPlain: Bool { self == MemoryDesc.plain(dims) }
+    /// Whether the bytes are the row-major layout of `dims` (no blocking, no padding), in
+    /// whatever element type.
+    public var isPlain: Bool { self == MemoryDesc.plain(dims, dataType) }
 
     /// The same layout restricted to the first `n` items of dimension 0 (the batch), at offset 0.
     /// Valid for layouts whose batch dimension is outermost (nchw, nhwc, nChw16c).

@@ -58,7 +58,7 @@ public enum PoolingKernel {
         return PrimitiveCache.get(key) {
             var d = dnnl_pooling_desc_t()
             var x = src.raw
-            var y = MemoryDesc.tagged(s.outDims(src.dims), dnnl_format_tag_any).raw
+            var y = MemoryDesc.tagged(s.outDims(src.dims), dnnl_format_tag_any, src.dataType).raw
             let st = dnnlDims([s.stride, s.stride]), k = dnnlDims([s.kernel, s.kernel])
             let p = dnnlDims([s.padding, s.padding])
             check(dnnl_pooling_forward_desc_init(&d, training ? dnnl_forward_training : dnnl_forward_inference, alg(s),

@@ -1,3 +1,4 @@
+import CDNNL
 import COpenBLAS
 
 /// GEMM through OpenBLAS, row-major.
@@ -70,3 +71,25 @@ public enum Vector {
     }
 }
 
+
+/// Matrix products through oneDNN's matmul, for operand types OpenBLAS's SGEMM does not take
+/// (bf16 operands, fp32 accumulation and output).
+public enum MatMulKernel {
+    /// `C = op(A) · op(B)`: `op(A)` `m x k`, `op(B)` `k x n`, `C` `m x n`; every matrix stored
+    /// row-major with the given leading dimension, `op` transposing the stored matrix where asked.
+    public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
+                            a: Buffer, _ aType: DataType, lda: Int, b: Buffer, _ bType: DataType, ldb: Int,
+                            c: Buffer, _ cType: DataType, ldc: Int) {
+        let aMD = MemoryDesc.strided([m, k], strides: transA ? [1, lda] : [lda, 1], aType)
+        let bMD = MemoryDesc.strided([k, n], strides: transB ? [1, ldb] : [ldb, 1], bType)
+        let cMD = MemoryDesc.strided([m, n], strides: [ldc, 1], cType)
+        let p = PrimitiveCache.get(PrimitiveKey(op: "matmul", descs: [aMD, bMD, cMD], ints: [])) {
+            var d = dnnl_matmul_desc_t()
+            var x = aMD.raw, w = bMD.raw, y = cMD.raw
+            check(dnnl_matmul_desc_init(&d, &x, &w, nil, &y), "matmul_desc_init \(m)x\(k)x\(n)")
+            guard let pd = makePD(&d) else { fatalError("oneDNN has no matmul for \(m)x\(k)x\(n) \(aType)") }
+            return Primitive(pd: pd)
+        }
+        p.execute([(.src, aMD, a.pointer), (.weights, bMD, b.pointer), (.dst, cMD, c.pointer)])
+    }
+}
