@@ -43,7 +43,7 @@ let package = Package(
         // Worker: one job's process (the trainer's shell) and its protocol to the daemon.
         .target(name: "CProcess"),
         .target(name: "Worker", dependencies: ["MoCo", "Data", "Kernels", "CProcess"]),
-        .target(name: "Daemon", dependencies: ["HTTP", "Jobs", "MoCo", "Worker", "CProcess", "Data", "NN", "Kernels",
+        .target(name: "Daemon", dependencies: ["HTTP", "Jobs", "MoCo", "Autograd", "Worker", "CProcess", "Data", "NN", "Kernels",
                                                .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "mocod", dependencies: ["Daemon", "Worker", "HTTP", "Jobs", "Kernels",
                                                         .product(name: "Logging", package: "swift-log"),

@@ -14,6 +14,12 @@ Examples:
   python bench/compare.py --arch resnet18 --stem cifar --width 64 --batch 256 \
       --channels 1 --size 28 --threads 2 --rounds 3
   python bench/compare.py --matrix --threads 2
+  python bench/compare.py --matrix --precision bf16   # mocod bf16 vs PyTorch autocast vs mocod fp32
+
+With --precision bf16 every round runs three processes in turn: mocod bf16, PyTorch under
+CPU autocast (bf16), and mocod fp32; the summary gives mocod bf16 over PyTorch autocast, mocod
+bf16 over its own fp32, each side's peak RSS, and GFLOP/s against bf16 GEMM rates measured in
+the same run (mocod: oneDNN's bf16 matmul; PyTorch: a bf16 torch.mm).
 """
 import argparse
 import json
@@ -86,10 +92,13 @@ def side_summary(runs, gemm):
 
 
 def compare_config(args, cfg, swift_prefix, torch_prefix, gemms):
-    swift_runs, torch_runs, errors = [], [], []
+    swift_runs, torch_runs, fp32_runs, errors = [], [], [], []
+    prec = ["--precision", args.precision]
+    sides = [("mocod", swift_prefix + ["step"] + prec, swift_runs), ("pytorch", torch_prefix + prec, torch_runs)]
+    if args.precision == "bf16":
+        sides.append(("mocod_fp32", swift_prefix + ["step", "--precision", "fp32"], fp32_runs))
     for _ in range(args.rounds):
-        for name, prefix, runs in (("mocod", swift_prefix + ["step"], swift_runs),
-                                   ("pytorch", torch_prefix, torch_runs)):
+        for name, prefix, runs in sides:
             res, err = run_json(prefix + step_flags(cfg), args.timeout)
             if err:
                 errors.append(f"{name}: {err}")
@@ -104,11 +113,20 @@ def compare_config(args, cfg, swift_prefix, torch_prefix, gemms):
         ratio = sw["images_per_second_median"] / th["images_per_second_median"]
     out = {
         "config": cfg,
+        "precision": args.precision,
         "rounds": args.rounds,
         "ratio_images_per_second_mocod_over_pytorch": ratio,
         "mocod": sw,
         "pytorch": th,
     }
+    if args.precision == "bf16":
+        own = side_summary(fp32_runs, gemms.get("mocod_fp32"))
+        out["mocod_fp32"] = own
+        out["ratio_images_per_second_bf16_over_own_fp32"] = (
+            sw["images_per_second_median"] / own["images_per_second_median"]
+            if sw["images_per_second_median"] and own["images_per_second_median"] else None)
+        out["peak_rss_mocod_at_or_below_pytorch"] = (
+            sw["peak_rss_mb_max"] <= th["peak_rss_mb_max"] if sw["peak_rss_mb_max"] and th["peak_rss_mb_max"] else None)
     if errors:
         out["errors"] = errors
     return out
@@ -135,6 +153,8 @@ def main():
                    help="width {64,32} x input {1x28x28, 3x32x32}, batch 256")
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMM probes")
     p.add_argument("--timeout", type=float, default=3600.0, help="per-process timeout (s)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: mocod --precision bf16 against PyTorch under CPU autocast, and mocod fp32")
     p.add_argument("--verbose", action="store_true", help="echo every run's JSON on stderr")
     args = p.parse_args()
 
@@ -143,8 +163,11 @@ def main():
 
     gemms, gemm_errors = {}, []
     if not args.no_gemm:
-        for name, cmd in (("mocod", swift_prefix + ["gemm", "--threads", str(args.threads)]),
-                          ("pytorch", torch_prefix + ["--gemm", "--threads", str(args.threads)])):
+        probes = [("mocod", swift_prefix + ["gemm", "--threads", str(args.threads), "--precision", args.precision]),
+                  ("pytorch", torch_prefix + ["--gemm", "--threads", str(args.threads), "--precision", args.precision])]
+        if args.precision == "bf16":
+            probes.append(("mocod_fp32", swift_prefix + ["gemm", "--threads", str(args.threads)]))
+        for name, cmd in probes:
             res, err = run_json(cmd, args.timeout)
             if err:
                 gemm_errors.append(f"{name} gemm: {err}")

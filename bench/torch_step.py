@@ -14,6 +14,7 @@ state-dict key names and initialisation as torchvision's ResNet.
 scripts/make_golden.py imports it from here.
 """
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -156,12 +157,13 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_gemm(threads, seconds, n=2048):
+def run_gemm(threads, seconds, n=2048, dtype="fp32"):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
-    c = torch.empty(n, n)
+    t = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(n, n).to(t)
+    b = torch.randn(n, n).to(t)
+    c = torch.empty(n, n, dtype=t)
     torch.mm(a, b, out=c)  # warm-up
     iters = 0
     t0 = time.perf_counter()
@@ -173,7 +175,7 @@ def run_gemm(threads, seconds, n=2048):
             break
     gflops = 2.0 * n ** 3 * iters / elapsed / 1e9
     return {"impl": "pytorch", "gemm_gflops_per_second": gflops, "threads": threads,
-            "n": n, "iterations": iters, "seconds": elapsed}
+            "n": n, "iterations": iters, "seconds": elapsed, "precision": dtype}
 
 
 def run_step_bench(args):
@@ -208,22 +210,29 @@ def run_step_bench(args):
     params_q = list(encoder_q.parameters())
     params_k = list(encoder_k.parameters())
 
+    # --precision bf16: the forward under CPU autocast, as its users turn it on (parameters,
+    # gradients, SGD, EMA and queue stay fp32).
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" \
+        else contextlib.nullcontext
+
     def step():
         nonlocal queue_ptr
-        q = F.normalize(encoder_q(x_q), dim=1)
         with torch.no_grad():
             for p_q, p_k in zip(params_q, params_k):
                 p_k.data.mul_(0.999).add_(p_q.data, alpha=0.001)
-            k = F.normalize(encoder_k(x_k), dim=1)
-        l_pos = (q * k).sum(1, keepdim=True)
-        l_neg = q @ queue
-        logits = torch.cat([l_pos, l_neg], dim=1) / T
-        loss = F.cross_entropy(logits, labels)
+        with autocast():
+            q = F.normalize(encoder_q(x_q), dim=1)
+            with torch.no_grad():
+                k = F.normalize(encoder_k(x_k), dim=1)
+            l_pos = (q * k).sum(1, keepdim=True)
+            l_neg = q @ queue
+            logits = torch.cat([l_pos, l_neg], dim=1) / T
+            loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            queue[:, queue_ptr:queue_ptr + args.batch] = k.T
+            queue[:, queue_ptr:queue_ptr + args.batch] = k.T.float()
             queue_ptr = (queue_ptr + args.batch) % K
         return loss
 
@@ -253,6 +262,7 @@ def run_step_bench(args):
         "gflops_per_second": flops_per_step / med / 1e9,
         "flops_per_step": flops_per_step,
         "loss": float(loss.detach()),
+        "precision": args.precision,
     }
 
 
@@ -271,13 +281,15 @@ def parse_args(argv=None):
     p.add_argument("--gemm", action="store_true",
                    help="time a 2048^3 fp32 torch.mm instead of the MoCo step")
     p.add_argument("--gemm-seconds", type=float, default=2.0)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: the step under torch.autocast('cpu', bfloat16); with --gemm, a bf16 torch.mm")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.gemm:
-        out = run_gemm(args.threads, args.gemm_seconds)
+        out = run_gemm(args.threads, args.gemm_seconds, dtype=args.precision)
     else:
         if args.steps < 1:
             raise SystemExit("--steps must be >= 1")

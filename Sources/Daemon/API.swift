@@ -1,3 +1,4 @@
+import Autograd
 import Foundation
 import HTTP
 import Jobs
@@ -231,6 +232,8 @@ public final class API: Sendable {
         var last_loss: Double?, best_knn_top1: Double?
         /// Worker restarts after abnormal exits, over the job's life.
         var restarts: Int
+        /// The precision the job computes in (the spec's `precision`).
+        var precision: Precision?
         var spec: JobSpec?
         var links: [String: String]
     }
@@ -282,10 +285,11 @@ public final class API: Sendable {
 
     func view(_ j: JobRecord) -> JobView {
         let base = "/v1/jobs/\(j.id)"
+        let spec = spec(j)
         return JobView(id: j.id, name: j.name, state: j.state, priority: j.priority, created_at: j.createdAt, started_at: j.startedAt,
                        finished_at: j.finishedAt, failure_reason: j.failureReason,
                        progress: .init(epoch: j.epoch, step: j.step, total_steps: j.totalSteps, images_per_second: j.imagesPerSecond, eta_seconds: j.etaSeconds),
-                       last_loss: j.lastLoss, best_knn_top1: j.bestKnn, restarts: j.restarts, spec: spec(j),
+                       last_loss: j.lastLoss, best_knn_top1: j.bestKnn, restarts: j.restarts, precision: spec?.precision, spec: spec,
                        links: ["self": base, "metrics": base + "/metrics", "events": base + "/events", "checkpoints": base + "/checkpoints",
                                "loss_svg": base + "/loss.svg", "logs": base + "/logs"])
     }
@@ -312,6 +316,7 @@ public final class API: Sendable {
                 ("images_per_second", { $0.images_per_second.map { "\($0)" } }), ("data_wait_share", { $0.data_wait_share.map { "\($0)" } }),
                 ("instance_accuracy", { $0.instance_accuracy.map { "\($0)" } }), ("feature_std", { $0.feature_std.map { "\($0)" } }),
                 ("loss_at_chance", { $0.loss_at_chance.map { "\($0)" } }), ("knn_top1", { $0.knn_top1.map { "\($0)" } }),
+                ("precision", { $0.precision?.rawValue }),
             ]
             var text = columns.map(\.0).joined(separator: ",") + "\n"
             for p in points { text += columns.map { $0.1(p) ?? "" }.joined(separator: ",") + "\n" }

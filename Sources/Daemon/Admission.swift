@@ -1,5 +1,6 @@
 import Foundation
 import Jobs
+import Kernels
 import MoCo
 
 /// What a daemon admits: a spec is parsed strictly, its data paths resolved inside the data
@@ -9,7 +10,7 @@ extension Scheduler {
     public func validate(_ body: Data) -> Result<JobSpec, SpecError> {
         let spec: JobSpec
         do { spec = try JobSpec.parse(body) } catch { return .failure(error) }
-        var issues: [FieldIssue] = []
+        var issues: [FieldIssue] = spec.machineIssues(bf16: Runtime.bf16)
         for (field, path) in [("data.path", spec.data.path)] + (spec.eval.map { [("eval.path", $0.path)] } ?? []) {
             do { _ = try DataSources.resolve(path, roots: settings.dataRoots, allowAbsolute: false) } catch {
                 issues.append(FieldIssue(field, error.message))

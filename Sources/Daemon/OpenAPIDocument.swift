@@ -130,6 +130,7 @@ components:
         seed: {type: integer, minimum: 0, maximum: 18446744073709551615}
         threads: {type: integer, minimum: 1, maximum: 256}
         max_restarts: {type: integer, minimum: 0, maximum: 100, description: 'Restarts of a worker that exits abnormally before the job fails, counted over the job''s life (a daemon restart does not reset them).'}
+        precision: {type: string, enum: [fp32, bf16], description: 'fp32, or bf16 mixed precision as PyTorch''s CPU autocast runs it (convolutions and matmuls on bf16 operands with fp32 accumulation, activations stored in bf16; batch-norm statistics, the loss, parameters, gradients, SGD, the EMA and the queue in fp32). bf16 is refused (422) where oneDNN has no bf16 kernels (see /v1/info bf16.onednn_bf16). Default fp32.'}
     Job:
       type: object
       required: [id, name, state, priority, created_at, progress, restarts, links, spec]
@@ -153,6 +154,7 @@ components:
         last_loss: {type: [number, 'null']}
         best_knn_top1: {type: [number, 'null']}
         restarts: {type: integer, minimum: 0, description: 'Worker restarts after abnormal exits over the job''s whole life (across daemon restarts); at most its spec''s max_restarts.'}
+        precision: {type: [string, 'null'], enum: [fp32, bf16, null], description: The precision the job computes in (its spec's precision).}
         links: {type: object, additionalProperties: {type: string}}
         spec: {$ref: '#/components/schemas/JobSpec'}
     Checkpoint:
@@ -333,7 +335,7 @@ paths:
         - {name: format, in: query, schema: {type: string, enum: [json, csv]}}
       responses:
         '200':
-          description: Metric points and the cursor for the next poll (next_after_step).
+          description: Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance, eta_seconds, knn_top1), time, and precision (fp32 or bf16, the precision it computed in).
           content:
             application/json: {schema: {type: object, properties: {job_id: {type: string}, next_after_step: {type: integer}, total_points: {type: integer}, points: {type: array, items: {type: object}}}}}
             text/csv: {schema: {type: string}}

@@ -9,7 +9,9 @@ import NN
 public enum Evaluation {
     /// Backbone features (after global pooling, before the head) of every image, un-augmented and
     /// normalized, in eval mode without gradients: `N x featureDimension`, row-major floats.
-    public static func features(_ encoder: ResNet, _ ds: ImageDataset, mean: [Float], std: [Float], batch: Int = 500) -> [Float] {
+    /// `precision` bf16 runs the backbone under `Autocast` (the features come out as fp32).
+    public static func features(_ encoder: ResNet, _ ds: ImageDataset, mean: [Float], std: [Float], batch: Int = 500,
+                                precision: Precision = .fp32) -> [Float] {
         let wasTraining = encoder.isTraining
         encoder.eval()
         defer { encoder.train(wasTraining) }
@@ -25,7 +27,7 @@ public enum Evaluation {
             x.withUnsafeMutableFloats { dst in
                 for i in 0..<n { Augment.view(ds, start + i, cfg, rng: &rng, into: dst.baseAddress! + i * per) }
             }
-            let y = GradMode.withNoGrad { encoder.features(x) }.toArray()
+            let y = GradMode.withNoGrad { Autocast.with(precision) { encoder.features(x) } }.toArray()
             out.replaceSubrange((start * f)..<((start + n) * f), with: y)
             start += n
         }
@@ -109,10 +111,10 @@ public enum Evaluation {
     /// kNN of a backbone: features of the (un-augmented) training split as the bank, of the
     /// evaluation split as queries.
     public static func knn(_ encoder: ResNet, train: ImageDataset, eval: ImageDataset, mean: [Float], std: [Float],
-                           k: Int, t: Float) -> Double {
+                           k: Int, t: Float, precision: Precision = .fp32) -> Double {
         let dim = encoder.config.featureDimension
-        var bank = features(encoder, train, mean: mean, std: std)
-        var queries = features(encoder, eval, mean: mean, std: std)
+        var bank = features(encoder, train, mean: mean, std: std, precision: precision)
+        var queries = features(encoder, eval, mean: mean, std: std, precision: precision)
         normalizeRows(&bank, dim: dim)
         normalizeRows(&queries, dim: dim)
         let classes = max(train.labels!.max() ?? 0, eval.labels!.max() ?? 0) + 1
@@ -147,9 +149,11 @@ public enum Evaluation {
     /// (standardized with the training split's statistics) trained by SGD with momentum 0.9 and
     /// a cosine schedule; top-1/top-5 in percent on the evaluation split.
     public static func linear(_ encoder: ResNet, train: ImageDataset, eval: ImageDataset, mean: [Float], std: [Float],
-                              epochs: Int = 30, learningRate: Float = 0.1, batch: Int = 256, seed: UInt64 = 0) -> LinearResult {
+                              epochs: Int = 30, learningRate: Float = 0.1, batch: Int = 256, seed: UInt64 = 0,
+                              precision: Precision = .fp32) -> LinearResult {
         let dim = encoder.config.featureDimension
-        var trainF = features(encoder, train, mean: mean, std: std), evalF = features(encoder, eval, mean: mean, std: std)
+        var trainF = features(encoder, train, mean: mean, std: std, precision: precision)
+        var evalF = features(encoder, eval, mean: mean, std: std, precision: precision)
         // Standardize each feature with the training split's mean and deviation.
         let n = train.count
         for j in 0..<dim {

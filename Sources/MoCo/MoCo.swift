@@ -14,6 +14,9 @@ public final class MoCoModel {
     public let momentum: Float
     public let temperature: Float
     public let symmetric: Bool
+    /// The precision the forward passes compute in (`Autocast`); parameters, gradients, the
+    /// optimizer's state, the EMA and the queue are fp32 either way.
+    public var precision: Precision = .fp32
     let paramsQ: [Tensor]
     let paramsK: [Tensor]
 
@@ -101,6 +104,10 @@ public final class MoCoModel {
     /// keys to enqueue after the optimizer step.
     public func forward(_ x1: Tensor, _ x2: Tensor, rng: inout SeededGenerator) -> StepResult {
         momentumUpdate()
+        return Autocast.with(precision) { forwardPasses(x1, x2, rng: &rng) }
+    }
+
+    func forwardPasses(_ x1: Tensor, _ x2: Tensor, rng: inout SeededGenerator) -> StepResult {
         if symmetric {
             let q1 = l2Normalized(encoderQ(x1)), q2 = l2Normalized(encoderQ(x2))
             let k1 = keys(x1, rng: &rng), k2 = keys(x2, rng: &rng)

@@ -1,5 +1,7 @@
+import Autograd
 import Data
 import Foundation
+import Kernels
 import NN
 
 /// One problem with a job spec: the field's dotted path and what is wrong.
@@ -110,6 +112,8 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public var checkpoint: Checkpointing
     public var seed: UInt64
     public var threads: Int
+    /// `fp32`, or `bf16` mixed precision (see `Precision`): where oneDNN runs bf16 kernels.
+    public var precision: Precision
     /// How often the daemon restarts a worker that exited abnormally (a signal, a non-zero
     /// status) from the job's newest valid checkpoint before the job fails.
     public var max_restarts: Int
@@ -134,6 +138,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             "checkpoint": ["every_epochs": 1, "every_steps": NSNull(), "keep_last": 3, "keep_best": 1] as [String: Any],
             "seed": 0,
             "threads": 2,
+            "precision": "fp32",
             "max_restarts": 2,
         ]
     }
@@ -200,6 +205,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             (["augment", "preset"], presets, oneOf(presets)),
             (["optim", "lr_scaling"], LRScaling.allCases.map(\.rawValue), "must be linear or none"),
             (["optim", "schedule"], schedules, oneOf(schedules)),
+            (["precision"], Precision.allCases.map(\.rawValue), oneOf(Precision.allCases.map(\.rawValue))),
         ]
     }()
 
@@ -208,6 +214,12 @@ public struct JobSpec: Codable, Sendable, Equatable {
     static func checkChoices(_ object: inout [String: Any]) -> [FieldIssue] {
         var issues: [FieldIssue] = []
         for (path, members, problem) in choices {
+            if path.count == 1 {
+                guard let value = object[path[0]] as? String, !members.contains(value) else { continue }
+                issues.append(FieldIssue(path[0], problem))
+                object[path[0]] = members[0]
+                continue
+            }
             guard var section = object[path[0]] as? [String: Any], let value = section[path[1]] as? String,
                   !members.contains(value) else { continue }
             issues.append(FieldIssue(path.joined(separator: "."), problem))
@@ -404,12 +416,21 @@ public struct JobSpec: Codable, Sendable, Equatable {
     }
 }
 
+extension JobSpec {
+    /// What this spec asks of the machine that the machine lacks: bf16 needs oneDNN to run
+    /// bf16 kernels (AVX512-BF16 or AMX); elsewhere oneDNN would emulate them, slower than fp32.
+    public func machineIssues(bf16 support: Runtime.BF16Support) -> [FieldIssue] {
+        guard precision == .bf16, !support.onednn_bf16 else { return [] }
+        return [FieldIssue("precision", "bf16 needs a CPU whose AVX512-BF16 or AMX-BF16 oneDNN uses (here: \(Runtime.dnnlISA)); use fp32")]
+    }
+}
+
 /// Checks that need the data: sizes against the spec. Returns warnings; throws on errors.
 public struct Preflight: Sendable {
     public var warnings: [String] = []
 
     public static func check(_ spec: JobSpec, train: ImageDataset, eval: ImageDataset?) throws(SpecError) -> Preflight {
-        var issues: [FieldIssue] = []
+        var issues: [FieldIssue] = spec.machineIssues(bf16: Runtime.bf16)
         var out = Preflight()
         if spec.optim.batch_size > train.count {
             issues.append(FieldIssue("optim.batch_size", "is \(spec.optim.batch_size) but the training split has only \(train.count) images"))

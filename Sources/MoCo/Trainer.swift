@@ -29,6 +29,8 @@ public struct MetricPoint: Sendable, Codable, Equatable {
     /// kNN top-1 on the evaluation split, in percent.
     public var knn_top1: Double?
     public var time: Double
+    /// The precision the step or evaluation computed in (`fp32`, `bf16`).
+    public var precision: Precision?
 }
 
 /// What the trainer reports while it runs.
@@ -91,6 +93,7 @@ public final class Trainer {
         let model = MoCoModel(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, queueSize: spec.moco.queue,
                               momentum: spec.moco.momentum, temperature: spec.moco.temperature, bnSplits: spec.moco.bn_splits,
                               symmetric: spec.moco.symmetric, rng: &rng)
+        model.precision = spec.precision
         let opt = SGD(parameters: model.encoderQ.parameters(), learningRate: spec.effectiveLearningRate,
                       momentum: spec.optim.momentum, weightDecay: spec.optim.weight_decay)
         return (model, opt)
@@ -165,11 +168,12 @@ public final class Trainer {
             var knn: Double?
             if let eval, let e = spec.eval, evaluationScheduled(after: done) {
                 let t0 = Date()
-                let top1 = Evaluation.knn(model.encoderQ, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t)
+                let top1 = Evaluation.knn(model.encoderQ, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t,
+                                          precision: spec.precision)
                 knn = top1
                 bestKNN = max(bestKNN ?? -1, top1)
                 let point = MetricPoint(kind: .eval, step: step, epoch: done, total_steps: total, knn_top1: top1,
-                                        time: Date().timeIntervalSince1970)
+                                        time: Date().timeIntervalSince1970, precision: spec.precision)
                 try metrics.append(point)
                 emit(.evaluated(point))
                 emit(.message(String(format: "epoch %d: kNN top-1 %.2f%% (%.1f s)", done, top1, Date().timeIntervalSince(t0))))
@@ -216,7 +220,7 @@ public final class Trainer {
                                         images_per_second: Double(batch) / max(seconds, 1e-9), data_wait_share: min(1, wait / max(seconds, 1e-9)),
                                         instance_accuracy: Double(result.instanceAccuracy), feature_std: Double(result.featureStd),
                                         loss_at_chance: chance, eta_seconds: Double(total - step) / max(rate, 1e-9), knn_top1: nil,
-                                        time: now.timeIntervalSince1970)
+                                        time: now.timeIntervalSince1970, precision: spec.precision)
                 try metrics.append(point)
                 emit(.step(point))
                 if let every = spec.checkpoint.every_steps, step % every == 0 { try checkpointMidEpoch() }

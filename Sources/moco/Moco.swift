@@ -81,11 +81,15 @@ struct Train: ParsableCommand {
     @Option(help: "Override optim.epochs.") var epochs: Int?
     @Flag(help: "Plain log lines even on a terminal.") var plain = false
     @Flag(help: "Skip the raw-pixel kNN baseline computed before training when the spec has an evaluation split.") var noBaseline = false
+    @Option(help: "Override the spec's precision: fp32, or bf16 mixed precision.") var precision: Precision?
 
     func run() throws {
         var spec: JobSpec
         do { spec = try JobSpec.parse(readJSONArgument(config)) } catch { fail("\(error)") }
         if let epochs { spec.optim.epochs = epochs }
+        if let precision { spec.precision = precision }
+        let machine = spec.machineIssues(bf16: Runtime.bf16)
+        if !machine.isEmpty { fail("\(SpecError(machine))") }
         let train = load(spec.data, data.roots, size: spec.augment.size)
         let eval = spec.eval.map { load($0.source, data.roots, size: spec.augment.size) }
         let outURL = URL(fileURLWithPath: out)
@@ -181,6 +185,7 @@ struct Eval: ParsableCommand {
     @Option(help: "kNN neighbours (default: the spec's).") var k: Int?
     @Option(help: "kNN temperature (default: the spec's).") var t: Float?
     @Option(help: "Linear evaluation epochs.") var epochs = 30
+    @Option(help: "fp32, or bf16: the backbone runs under bf16 mixed precision.") var precision: Precision = .fp32
 
     func run() throws {
         guard ["knn", "linear"].contains(protocolName) else { fail("protocol must be knn or linear") }
@@ -199,11 +204,15 @@ struct Eval: ParsableCommand {
         let (enc, mean, std) = encoder(from: file, info: info, train: train)
         if protocolName == "knn" {
             let kk = k ?? info.spec.eval?.knn_k ?? 200, tt = t ?? info.spec.eval?.knn_t ?? 0.1
-            let top1 = Evaluation.knn(enc, train: train, eval: test, mean: mean, std: std, k: kk, t: tt)
-            print(String(format: #"{"protocol": "knn", "k": %d, "t": %g, "top1": %.4f}"#, kk, tt, top1))
+            let t0 = Date()
+            let top1 = Evaluation.knn(enc, train: train, eval: test, mean: mean, std: std, k: kk, t: tt, precision: precision)
+            print(String(format: #"{"protocol": "knn", "k": %d, "t": %g, "top1": %.4f, "precision": "%@", "seconds": %.3f}"#,
+                         kk, tt, top1, precision.rawValue, Date().timeIntervalSince(t0)))
         } else {
-            let r = Evaluation.linear(enc, train: train, eval: test, mean: mean, std: std, epochs: epochs)
-            print(String(format: #"{"protocol": "linear", "epochs": %d, "top1": %.4f, "top5": %.4f}"#, epochs, r.top1, r.top5))
+            let t0 = Date()
+            let r = Evaluation.linear(enc, train: train, eval: test, mean: mean, std: std, epochs: epochs, precision: precision)
+            print(String(format: #"{"protocol": "linear", "epochs": %d, "top1": %.4f, "top5": %.4f, "precision": "%@", "seconds": %.3f}"#,
+                         epochs, r.top1, r.top5, precision.rawValue, Date().timeIntervalSince(t0)))
         }
     }
 }
@@ -258,6 +267,7 @@ struct Embed: ParsableCommand {
     @Option(help: "The images: the spec's data object, inline JSON or a file.") var data: String
     @Option var out: String
     @OptionGroup var roots: DataOptions
+    @Option(help: "fp32, or bf16: the backbone runs under bf16 mixed precision (the features are written as float32).") var precision: Precision = .fp32
 
     func run() throws {
         let (file, info) = loadCheckpoint(checkpoint)
@@ -267,9 +277,13 @@ struct Embed: ParsableCommand {
         let needsTrain = info.spec.augment.mean == nil || info.spec.augment.std == nil
         let train = needsTrain ? load(info.spec.data, roots.roots, size: info.spec.augment.size) : nil
         let (enc, mean, std) = encoder(from: file, info: info, train: train)
-        let f = Evaluation.features(enc, images, mean: mean, std: std)
+        let t0 = Date()
+        let f = Evaluation.features(enc, images, mean: mean, std: std, precision: precision)
+        let seconds = Date().timeIntervalSince(t0)
         let dim = enc.config.featureDimension
         do { try Readers.writeNPY(f, shape: [images.count, dim], to: URL(fileURLWithPath: out)) } catch { fail("\(error)") }
-        print("wrote \(out): \(images.count) x \(dim) float32")
+        print("wrote \(out): \(images.count) x \(dim) float32 (\(precision.rawValue), \(String(format: "%.2f", seconds)) s)")
     }
 }
+
+extension Precision: ExpressibleByArgument {}

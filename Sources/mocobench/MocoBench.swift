@@ -81,16 +81,24 @@ struct Info: ParsableCommand {
 }
 
 struct GEMMBench: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "gemm", abstract: "fp32 SGEMM rate (2048^3) through OpenBLAS.")
+    static let configuration = CommandConfiguration(commandName: "gemm",
+        abstract: "GEMM rate (2048^3): fp32 SGEMM through OpenBLAS, or bf16 operands with fp32 output through oneDNN's matmul.")
     @Option var threads = 2
     @Option var n = 2048
     @Option var seconds = 2.0
+    @Option(help: "fp32 (OpenBLAS SGEMM) or bf16 (oneDNN matmul, the kernel bf16 matmuls run on).") var precision: Precision = .fp32
 
     func run() {
         Runtime.setThreads(threads)
         var rng = SeededGenerator(seed: 1)
         let a = Tensor.randn([n, n], using: &rng), b = Tensor.randn([n, n], using: &rng), c = Tensor.zeros([n, n])
+        let ha = a.cast(to: .bf16), hb = b.cast(to: .bf16)
         func once() {
+            if precision == .bf16 {
+                MatMulKernel.gemm(transA: false, transB: false, m: n, n: n, k: n, a: ha.buffer, .bf16, lda: n,
+                                  b: hb.buffer, .bf16, ldb: n, c: c.buffer, .f32, ldc: n)
+                return
+            }
             a.withUnsafeFloats { fa in
                 b.withUnsafeFloats { fb in
                     c.withUnsafeMutableFloats { fc in
@@ -106,7 +114,7 @@ struct GEMMBench: ParsableCommand {
         let elapsed = now() - start
         printJSON(["impl": "mocod", "gemm_gflops_per_second": 2 * pow(Double(n), 3) * Double(iterations) / elapsed / 1e9,
                    "threads": threads, "n": n, "iterations": iterations, "seconds": elapsed,
-                   "openblas_core": Runtime.openBLASCore])
+                   "openblas_core": Runtime.openBLASCore, "precision": precision.rawValue, "onednn_isa": Runtime.dnnlISA])
     }
 }
 
@@ -125,6 +133,7 @@ struct Step: ParsableCommand {
     @Option var warmup = 2
     @Option(help: "Split-BN groups (the spec's moco.bn_splits; 1 = plain BN, as the PyTorch reference).") var groups = 1
     @Flag(help: "Run ReLUs as separate passes instead of fused into batch norm and the residual add.") var noFusion = false
+    @Option(help: "fp32, or bf16 mixed precision (as PyTorch's CPU autocast).") var precision: Precision = .fp32
 
     func run() throws {
         Runtime.setThreads(threads)
@@ -138,6 +147,7 @@ struct Step: ParsableCommand {
                               symmetric: false, rng: &rng)
         model.encoderQ.fused = !noFusion
         model.encoderK.fused = !noFusion
+        model.precision = precision
         let encoderQ = model.encoderQ
         let opt = SGD(parameters: encoderQ.parameters(), learningRate: 0.03, momentum: 0.9, weightDecay: 1e-4)
         let xq = Tensor.randn([batch, channels, size, size], using: &rng)
@@ -165,11 +175,13 @@ struct Step: ParsableCommand {
             "gflops_per_second": flops / median / 1e9, "flops_per_step": flops, "loss": Double(loss),
             "steady_state_allocations": BufferPool.stats.allocations - allocationsAfterWarmup,
             "openblas_core": Runtime.openBLASCore, "onednn_isa": Runtime.dnnlISA, "fusion": !noFusion, "groups": groups,
+            "precision": precision.rawValue,
         ])
     }
 }
 
 extension ResNetConfig.Arch: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {}
 extension ResNetConfig.Stem: ExpressibleByArgument {}
 
 struct Serve: ParsableCommand {

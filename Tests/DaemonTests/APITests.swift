@@ -189,6 +189,33 @@ final class CountLog: @unchecked Sendable {
         #expect(!FileManager.default.fileExists(atPath: d.dir.appendingPathComponent("jobs/\(id)").path))
     }
 
+    /// A bf16 job (run in a worker process) says which precision ran: in the job, in every
+    /// metrics point and in the CSV. Where oneDNN has no bf16 kernels it is refused with the field.
+    @Test func bf16JobSaysWhichPrecisionRan() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let body = LiveDaemon.spec.replacingOccurrences(of: #""threads": 1}"#, with: #""threads": 1, "precision": "bf16"}"#)
+        #expect(body != LiveDaemon.spec)
+        let created = d.request("POST", "/v1/jobs", body: body)
+        guard Runtime.bf16.onednn_bf16 else {
+            #expect(created.status == 422 && String(decoding: created.body, as: UTF8.self).contains("precision"))
+            return
+        }
+        #expect(created.status == 201, "\(String(decoding: created.body, as: UTF8.self))")
+        let id = try #require(created.json["id"] as? String)
+        #expect(created.json["precision"] as? String == "bf16")
+        let done = d.waitFor(id, ["succeeded", "failed"])
+        #expect(done["state"] as? String == "succeeded" && done["precision"] as? String == "bf16", "\(done)")
+        #expect((done["spec"] as? [String: Any])?["precision"] as? String == "bf16")
+        let points = try #require(d.request("GET", "/v1/jobs/\(id)/metrics").json["points"] as? [[String: Any]])
+        #expect(points.count == 8 && points.allSatisfy { $0["precision"] as? String == "bf16" })
+        let csv = String(decoding: d.request("GET", "/v1/jobs/\(id)/metrics?format=csv").body, as: UTF8.self).split(separator: "\n")
+        #expect(csv.first?.hasSuffix(",precision") == true && csv.dropFirst().allSatisfy { $0.hasSuffix(",bf16") })
+        // An fp32 job says fp32.
+        let plain = d.request("POST", "/v1/jobs", body: LiveDaemon.spec)
+        #expect(plain.json["precision"] as? String == "fp32")
+    }
+
     /// GET /v1/jobs/{id} is served from a cache, which must follow every write to the store.
     @Test func jobViewFollowsTheStore() throws {
         let d = try LiveDaemon()

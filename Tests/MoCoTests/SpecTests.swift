@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 @testable import MoCo
 import Testing
 
@@ -51,7 +52,7 @@ import Testing
     @Test func closedSetsAreReportedWithTheRest() {
         let bad = #"""
         {"data": {"path": "x", "format": "csv"}, "eval": {"path": "y", "format": "tar"}, "model": {"arch": "vgg", "stem": "tiny"},
-         "augment": {"preset": "v3"}, "optim": {"lr_scaling": "sqrt", "schedule": "linear", "lr": -1}}
+         "augment": {"preset": "v3"}, "optim": {"lr_scaling": "sqrt", "schedule": "linear", "lr": -1}, "precision": "fp16"}
         """#
         do {
             _ = try JobSpec.parse(Data(bad.utf8))
@@ -67,6 +68,7 @@ import Testing
                 "optim.lr_scaling": "must be linear or none",
                 "optim.schedule": "must be one of cosine, cosine_step, step, constant",
                 "optim.lr": "must be positive and finite",
+                "precision": "must be one of fp32, bf16",
             ], "\(error)")
         }
         // A value of the wrong type is named by the decoder.
@@ -78,6 +80,28 @@ import Testing
         }
         let ok = try? JobSpec.parse(Data(#"{"data": {"path": "x", "format": "npy"}, "optim": {"schedule": "cosine_step", "lr_scaling": "none"}}"#.utf8))
         #expect(ok?.data.format == .npy && ok?.optim.schedule == .cosine_step && ok?.optim.lr_scaling == JobSpec.LRScaling.none)
+    }
+
+    /// `precision` defaults to fp32; bf16 is refused where oneDNN has no bf16 kernels, with the
+    /// field and the reason (a pure function of the machine's support, so tested as a table).
+    @Test func precisionDefaultsToFP32AndBF16NeedsTheCPU() throws {
+        let plain = try JobSpec.parse(Data(#"{"data": {"path": "x"}}"#.utf8))
+        #expect(plain.precision == .fp32)
+        let bf16 = try JobSpec.parse(Data(#"{"data": {"path": "x"}, "precision": "bf16"}"#.utf8))
+        #expect(bf16.precision == .bf16)
+        #expect(bf16.canonicalJSON().contains(#""precision":"bf16""#))
+        let cases: [(Runtime.BF16Support, JobSpec, Bool)] = [
+            (.init(avx512_bf16: true, amx_bf16: false, onednn_bf16: true, onednn_amx: false), bf16, false),
+            (.init(avx512_bf16: true, amx_bf16: true, onednn_bf16: true, onednn_amx: true), bf16, false),
+            (.init(avx512_bf16: false, amx_bf16: false, onednn_bf16: false, onednn_amx: false), bf16, true),
+            (.init(avx512_bf16: true, amx_bf16: false, onednn_bf16: false, onednn_amx: false), bf16, true),
+            (.init(avx512_bf16: false, amx_bf16: false, onednn_bf16: false, onednn_amx: false), plain, false),
+        ]
+        for (support, spec, refused) in cases {
+            let issues = spec.machineIssues(bf16: support)
+            #expect(issues.isEmpty != refused, "\(support) \(spec.precision): \(issues)")
+            if refused { #expect(issues.map(\.field) == ["precision"] && issues[0].problem.contains("use fp32")) }
+        }
     }
 
     @Test func learningRateScalesWithBatch() throws {

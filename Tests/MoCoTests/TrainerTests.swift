@@ -24,7 +24,7 @@ func syntheticDataset(_ n: Int, seed: UInt64) -> ImageDataset {
     return ImageDataset(count: n, height: 8, width: 8, channels: 1, pixels: pixels, labels: labels)
 }
 
-func tinySpec(epochs: Int = 2, everySteps: Int? = nil, lr: Float = 0.05, threads: Int = 1) -> JobSpec {
+func tinySpec(epochs: Int = 2, everySteps: Int? = nil, lr: Float = 0.05, threads: Int = 1, precision: Precision = .fp32) -> JobSpec {
     let json = """
     {"name": "tiny", "data": {"format": "npy", "path": "unused"},
      "eval": {"format": "npy", "path": "unused", "knn_k": 10, "knn_t": 0.1},
@@ -33,7 +33,7 @@ func tinySpec(epochs: Int = 2, everySteps: Int? = nil, lr: Float = 0.05, threads
      "augment": {"preset": "v2", "size": 8},
      "optim": {"batch_size": 16, "epochs": \(epochs), "lr": \(lr), "lr_scaling": "none", "schedule": "cosine"},
      "checkpoint": {"every_epochs": 1, "every_steps": \(everySteps.map(String.init) ?? "null"), "keep_last": 100, "keep_best": 1},
-     "seed": 3, "threads": \(threads)}
+     "seed": 3, "threads": \(threads), "precision": "\(precision.rawValue)"}
     """
     return try! JobSpec.parse(Data(json.utf8))
 }
@@ -207,6 +207,44 @@ func losses(_ dir: URL) -> [Double] {
         #expect(!steps.isEmpty && steps.allSatisfy { $0.isFinite })
         // Every checkpoint on disk is one written after a finite loss, the newest at the last good step.
         #expect(trainer.store.list().last?.step == steps.count)
+    }
+
+    /// A bf16 job trains, evaluates and checkpoints like an fp32 one; every metrics line says
+    /// which precision ran; a resume continues it exactly (bf16 rounding is deterministic).
+    @Test func bf16RunTrainsReportsItsPrecisionAndResumesExactly() throws {
+        guard Runtime.bf16.onednn_bf16 else { return }   // refused at preflight elsewhere (SpecTests)
+        let dir = temporaryDirectory(), resumed = temporaryDirectory(), fp32Dir = temporaryDirectory()
+        defer { for d in [dir, resumed, fp32Dir] { try? FileManager.default.removeItem(at: d) } }
+        let spec = tinySpec(epochs: 2, precision: .bf16)
+        let outcome = try Trainer(spec: spec, train: train, eval: eval, outDirectory: dir).run()
+        guard case .finished = outcome else { Issue.record("bf16 run: \(outcome)"); return }
+        let text = try String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+        let points = text.split(separator: "\n").compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }
+        #expect(!points.isEmpty && points.allSatisfy { $0.precision == .bf16 })
+        #expect(points.contains { $0.kind == .eval && $0.knn_top1 != nil })
+        let full = losses(dir)
+        #expect(full.allSatisfy { $0.isFinite })
+        // Not an fp32 run under another name: the losses differ from fp32's in bf16's digits.
+        _ = try Trainer(spec: tinySpec(epochs: 2), train: train, eval: eval, outDirectory: fp32Dir).run()
+        let reference = losses(fp32Dir)
+        #expect(full != reference && zip(full, reference).allSatisfy { abs($0 - $1) < 0.05 * abs($1) }, "\(full) vs \(reference)")
+        // Stop after 3 steps, resume from that checkpoint: the same losses as the straight run.
+        let first = Trainer(spec: tinySpec(epochs: 2, everySteps: 1, precision: .bf16), train: train, eval: eval, outDirectory: resumed)
+        _ = try first.run(stopAfterSteps: 3)
+        let checkpoint = try #require(first.store.latestValid())
+        _ = try Trainer(spec: tinySpec(epochs: 2, everySteps: 1, precision: .bf16), train: train, eval: eval, outDirectory: resumed)
+            .run(resume: checkpoint.url)
+        #expect(losses(resumed) == full)
+    }
+
+    @Test func nonFiniteLossInBF16StopsWithAReason() throws {
+        guard Runtime.bf16.onednn_bf16 else { return }
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let trainer = Trainer(spec: tinySpec(everySteps: 1, lr: 1e30, precision: .bf16), train: train, eval: nil, outDirectory: dir)
+        guard case .failed(let reason) = try trainer.run() else { Issue.record("expected a failure"); return }
+        #expect(reason.contains("loss became"))
+        #expect(losses(dir).allSatisfy { $0.isFinite })
     }
 
     /// The query encoder alone, from the checkpoint's `encoder_q.*` tensors only, equals the
