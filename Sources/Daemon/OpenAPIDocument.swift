@@ -223,6 +223,7 @@ paths:
                       amx_bf16: {type: boolean, description: The CPU has AMX tiles with bf16 multiplies (amx_tile and amx_bf16).}
                       onednn_bf16: {type: boolean, description: oneDNN dispatches bf16 kernels (avx512_core_bf16 or above).}
                       onednn_amx: {type: boolean, description: oneDNN dispatches AMX kernels (avx512_core_amx).}
+                      amx_permission: {type: boolean, description: 'Linux granted the process AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM, requested at start), which AMX kernels need; false where the CPU has no AMX.'}
         '401': {$ref: '#/components/responses/Error'}
   /metrics:
     get:

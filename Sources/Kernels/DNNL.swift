@@ -23,6 +23,7 @@ final class DNNLContext: @unchecked Sendable {
     static let shared = DNNLContext()
 
     private init() {
+        _ = Runtime.amxTilePermission   // before oneDNN first looks at the CPU
         var e: dnnl_engine_t?
         check(dnnl_engine_create(&e, dnnl_cpu, 0), "dnnl_engine_create")
         var s: dnnl_stream_t?

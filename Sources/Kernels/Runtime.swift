@@ -16,9 +16,15 @@ public enum Runtime {
     /// The OpenBLAS kernel family in use (`SkylakeX`, `Haswell`, `Prescott` ...).
     public static var openBLASCore: String { String(cString: openblas_get_corename()) }
 
+    /// Whether Linux lets this process use AMX tile data. Requested once, before oneDNN first looks
+    /// at the CPU (its dispatcher runs AMX kernels only where the permission is held); every path
+    /// into oneDNN (`dnnlISA`, the engine) touches this first.
+    public static let amxTilePermission: Bool = mocod_request_amx_tile_data() != 0
+
     /// oneDNN's instruction set on this CPU, e.g. `avx512_core_bf16`.
     public static var dnnlISA: String {
-        switch dnnl_get_effective_cpu_isa() {
+        _ = amxTilePermission
+        return switch dnnl_get_effective_cpu_isa() {
         case dnnl_cpu_isa_avx512_core_amx: "avx512_core_amx"
         case dnnl_cpu_isa_avx512_core_bf16: "avx512_core_bf16"
         case dnnl_cpu_isa_avx512_core_vnni: "avx512_core_vnni"
@@ -43,23 +49,31 @@ public enum Runtime {
         /// oneDNN dispatches its AMX kernels (`avx512_core_amx`). oneDNN 2.6 may leave AMX off
         /// (initial support) even where the CPU has it.
         public var onednn_amx: Bool
+        /// Linux granted this process AMX tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), which
+        /// AMX kernels need; false wherever the CPU has no AMX.
+        public var amx_permission: Bool
 
-        public init(avx512_bf16: Bool, amx_bf16: Bool, onednn_bf16: Bool, onednn_amx: Bool) {
+        public init(avx512_bf16: Bool, amx_bf16: Bool, onednn_bf16: Bool, onednn_amx: Bool, amx_permission: Bool = false) {
             self.avx512_bf16 = avx512_bf16; self.amx_bf16 = amx_bf16; self.onednn_bf16 = onednn_bf16; self.onednn_amx = onednn_amx
+            self.amx_permission = amx_permission
         }
 
-        /// From the `flags` line of `/proc/cpuinfo` and oneDNN's effective ISA name (`dnnlISA`).
-        public static func from(cpuinfo: String, onednnISA: String) -> BF16Support {
+        /// From the `flags` line of `/proc/cpuinfo`, oneDNN's effective ISA name (`dnnlISA`) and
+        /// whether the AMX tile-data permission is held (`amxTilePermission`).
+        public static func from(cpuinfo: String, onednnISA: String, amxPermission: Bool = false) -> BF16Support {
             let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
             let bf16ISAs: Set<String> = ["avx512_core_bf16", "avx512_core_amx"]
-            return BF16Support(avx512_bf16: flags.contains("avx512_bf16"), amx_bf16: flags.contains("amx_tile") && flags.contains("amx_bf16"),
-                               onednn_bf16: bf16ISAs.contains(onednnISA), onednn_amx: onednnISA == "avx512_core_amx")
+            let amx = flags.contains("amx_tile") && flags.contains("amx_bf16")
+            return BF16Support(avx512_bf16: flags.contains("avx512_bf16"), amx_bf16: amx,
+                               onednn_bf16: bf16ISAs.contains(onednnISA), onednn_amx: onednnISA == "avx512_core_amx",
+                               amx_permission: amx && amxPermission)
         }
     }
 
     /// This machine's bf16 support (see `BF16Support`).
     public static var bf16: BF16Support {
-        BF16Support.from(cpuinfo: (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "", onednnISA: dnnlISA)
+        BF16Support.from(cpuinfo: (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "", onednnISA: dnnlISA,
+                         amxPermission: amxTilePermission)
     }
 
     /// The OpenBLAS core families with AVX-512 kernels.

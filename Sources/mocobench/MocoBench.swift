@@ -50,7 +50,8 @@ struct Info: ParsableCommand {
                    "onednn_isa": Runtime.dnnlISA, "max_threads": Runtime.maxThreads,
                    "cpu_avx512": Runtime.cpuHasAVX512, "gemm_max_relative_error": Self.gemmError(),
                    "bf16": ["avx512_bf16": bf16.avx512_bf16, "amx_bf16": bf16.amx_bf16,
-                            "onednn_bf16": bf16.onednn_bf16, "onednn_amx": bf16.onednn_amx]])
+                            "onednn_bf16": bf16.onednn_bf16, "onednn_amx": bf16.onednn_amx,
+                            "amx_permission": bf16.amx_permission]])
     }
 
     /// Largest relative error of OpenBLAS SGEMM (every transpose combination, odd sizes) against

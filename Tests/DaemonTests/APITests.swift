@@ -146,7 +146,7 @@ final class CountLog: @unchecked Sendable {
         #expect(info.status == 200 && info.json["version"] as? String == API.version)
         #expect(info.json["api_cpu_share"] is NSNull)   // this daemon has no CPU budget
         let bf16 = info.json["bf16"] as? [String: Bool]
-        #expect(bf16?["onednn_amx"] == Runtime.bf16.onednn_amx && bf16?["avx512_bf16"] == Runtime.bf16.avx512_bf16 && bf16?.count == 4, "\(info.json)")
+        #expect(bf16?["onednn_amx"] == Runtime.bf16.onednn_amx && bf16?["avx512_bf16"] == Runtime.bf16.avx512_bf16 && bf16?.count == 5, "\(info.json)")
         let created = d.request("POST", "/v1/jobs", body: LiveDaemon.spec)
         #expect(created.status == 201, "\(String(decoding: created.body, as: UTF8.self))")
         let id = try #require(created.json["id"] as? String)

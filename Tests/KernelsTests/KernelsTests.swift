@@ -111,6 +111,23 @@ import Testing
     ] as [(String, String, Runtime.BF16Support)])
     func bf16Support(_ cpuinfo: String, _ isa: String, _ expected: Runtime.BF16Support) {
         #expect(Runtime.BF16Support.from(cpuinfo: cpuinfo, onednnISA: isa) == expected)
+        // The tile-data permission counts only where the CPU has AMX.
+        var granted = expected
+        granted.amx_permission = expected.amx_bf16
+        #expect(Runtime.BF16Support.from(cpuinfo: cpuinfo, onednnISA: isa, amxPermission: true) == granted)
+    }
+
+    /// The AMX tile-data permission is requested before oneDNN looks at the CPU. Without AMX
+    /// Linux refuses it; with AMX it must be granted, or oneDNN would fall back to AVX-512.
+    @Test func amxPermissionFollowsTheCPU() {
+        let here = Runtime.bf16
+        #expect(here.amx_permission == (here.amx_bf16 && Runtime.amxTilePermission))
+        if here.amx_bf16 {
+            #expect(Runtime.amxTilePermission, "the CPU has AMX but Linux did not grant tile data")
+            #expect(here.onednn_amx, "AMX permitted but oneDNN dispatches \(Runtime.dnnlISA)")
+        } else {
+            #expect(!Runtime.amxTilePermission)
+        }
     }
 }
 
