@@ -14,7 +14,7 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, bias: Tensor? = nil, stride: I
     let fwd = Convolution.forward(s, src: x.desc, training: training)
     let srcMD = fwd.md(.src), wMD = fwd.md(.weights), dstMD = fwd.md(.dst)
     let xin = x.reorderedRaw(to: srcMD)
-    let w = weight.reorderedRaw(to: wMD)
+    let w = Autocast.weight(weight, as: wMD)
     let out = Buffer(byteCount: dstMD.byteCount)
     var args: [(Arg, MemoryDesc, UnsafeMutableRawPointer)] = [
         (.src, srcMD, xin.buffer.pointer), (.weights, wMD, w.buffer.pointer), (.dst, dstMD, out.pointer),

@@ -89,6 +89,30 @@ func relativeError(_ a: [Float], _ e: [Float]) -> Double {
         }
     }
 
+    /// A convolution's weights are cast to bf16 once per `Autocast` scope: a second pass through
+    /// the encoder in the same step (the symmetric loss) reuses them; the next scope (the next
+    /// step, after the optimizer moved the weights) casts them afresh.
+    @Test func weightsAreCastOncePerScope() {
+        var rng = SeededGenerator(seed: 8)
+        let model = ResNet(ResNetConfig(arch: .resnet18, stem: .cifar, width: 8, inChannels: 1, numClasses: 4), using: &rng)
+        let x = Tensor.randn([4, 1, 12, 12], using: &rng)
+        let convs = model.namedParameters().filter { $0.1.shape.count == 4 }.count
+        let (first, second) = Autocast.with(.bf16) { () -> (Tensor, Tensor) in
+            let a = model(x)
+            #expect(Autocast.weightCastsInScope == convs)
+            let b = model(x)
+            #expect(Autocast.weightCastsInScope == convs, "the second pass cast again")
+            return (a, b)
+        }
+        #expect(first.toArray() == second.toArray())
+        #expect(Autocast.weightCastsInScope == 0)
+        // The weights move between steps; the next scope sees them.
+        let w = model.namedParameters().first { $0.0 == "conv1.weight" }!.1
+        w.withUnsafeMutableFloats { for i in 0..<w.count { $0[i] *= 2 } }
+        let moved = Autocast.with(.bf16) { model(x) }
+        #expect(moved.toArray() != first.toArray())
+    }
+
     /// Products of bf16 values are exact in fp32, so a bf16 matmul equals fp32 SGEMM on the
     /// operands rounded to bf16 up to the order of the fp32 sums: every transpose combination.
     @Test(arguments: [(false, false), (false, true), (true, false), (true, true)])
