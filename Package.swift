@@ -30,8 +30,13 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
         .systemLibrary(name: "CTurboJPEG", path: "Sources/CTurboJPEG"),
         .systemLibrary(name: "CCrypto", path: "Sources/CCrypto"),
+        // Open MPI: the distributed engine (Debian's default MPI; what mpiexec, Slurm and the
+        // Kubernetes MPI operator launch). Paths come from pkg-config's ompi-c.
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c"),
         .target(name: "Kernels", dependencies: ["CDNNL", "COpenBLAS"]),
         .target(name: "Autograd", dependencies: ["Kernels"]),
+        // Collectives: MPI's communicator and the collectives data-parallel training needs.
+        .target(name: "Collectives", dependencies: ["CMPI"]),
         .target(name: "NN", dependencies: ["Autograd", "Kernels"]),
         .target(name: "Data", dependencies: ["CZlib", "CPNG", "CTurboJPEG", "Autograd", "Kernels"]),
         .target(name: "MoCo", dependencies: ["Data", "NN", "Autograd", "Kernels", "CCrypto"]),
@@ -54,7 +59,7 @@ let package = Package(
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "mocobench",
-            dependencies: ["MoCo", "NN", "Autograd", "Kernels", "HTTP", .product(name: "Logging", package: "swift-log"),
+            dependencies: ["MoCo", "NN", "Autograd", "Kernels", "HTTP", "Collectives", .product(name: "Logging", package: "swift-log"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .target(name: "TestSupport", dependencies: ["Autograd", "NN", "Kernels"], path: "Tests/TestSupport"),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
@@ -63,6 +68,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Data", "Autograd", "TestSupport"]),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Worker", "HTTP", "Jobs", "Data", "NN", "MoCo", "Kernels", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "MoCoTests", dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels", "TestSupport"]),
     ],

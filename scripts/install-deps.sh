@@ -2,7 +2,7 @@
 # Installs the Debian packages mocod builds and tests against (needs root or sudo).
 # OpenBLAS's OpenMP build shares libgomp's thread pool with oneDNN.
 set -euo pipefail
-packages=(libopenblas-openmp-dev libdnnl-dev zlib1g-dev libpng-dev libturbojpeg0-dev libssl-dev libsqlite3-dev dataset-fashion-mnist curl python3)
+packages=(libopenblas-openmp-dev libdnnl-dev zlib1g-dev libpng-dev libturbojpeg0-dev libssl-dev libsqlite3-dev libopenmpi-dev openmpi-bin pkg-config dataset-fashion-mnist curl python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Collectives
 import Autograd
 import Foundation
 import HTTP
@@ -20,7 +21,7 @@ struct MocoBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mocobench",
         abstract: "Benchmarks of the mocod compute engine; each prints one JSON line.",
-        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self],
+        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self, CollectivesBench.self],
         defaultSubcommand: Info.self)
 }
 
@@ -212,5 +213,51 @@ struct Serve: ParsableCommand {
         fflush(nil)
         if seconds > 0 { Thread.sleep(forTimeInterval: seconds) } else { while true { Thread.sleep(forTimeInterval: 3600) } }
         server.shutdown()
+    }
+}
+
+/// Run under `mpiexec -n N`: checks all-reduce, all-gather and broadcast against their known
+/// results on every rank, then times an all-reduce of `--floats` floats (a model's gradients).
+/// Rank 0 prints one JSON line; the exit status is non-zero on any rank whose check failed.
+struct CollectivesBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "collectives",
+        abstract: "Under mpiexec: checks MPI all-reduce/all-gather/broadcast and times an all-reduce.")
+    @Option(help: "Floats in the timed all-reduce (ResNet-18 width 32 has about 2.8 M parameters).") var floats = 2_800_000
+    @Option var repeats = 5
+
+    func run() throws {
+        let world = try Communicator.world()
+        defer { Communicator.finalize() }
+        let (rank, size) = (world.rank, world.size)
+        var problems: [String] = []
+        // All-reduce: rank r contributes (r + 1) * (i + 1); the sum is (i + 1) * size(size+1)/2.
+        var values = (0..<1000).map { Float(rank + 1) * Float($0 + 1) }
+        try world.allReduceSum(&values)
+        let factor = Float(size * (size + 1) / 2)
+        if values.enumerated().contains(where: { $0.element != Float($0.offset + 1) * factor }) { problems.append("all-reduce") }
+        // All-gather: rank r contributes [r, r, r]; the result is every rank's block in order.
+        let gathered = try world.allGather([Float](repeating: Float(rank), count: 3))
+        if gathered != (0..<size).flatMap { [Float](repeating: Float($0), count: 3) } { problems.append("all-gather") }
+        // Broadcast: rank 0's permutation reaches every rank.
+        var perm: [Int32] = rank == 0 ? [3, 1, 2, 0] : [0, 0, 0, 0]
+        try world.broadcast(&perm, root: 0)
+        if perm != [3, 1, 2, 0] { problems.append("broadcast") }
+        // Timed all-reduce of a gradient-sized buffer.
+        var grads = [Float](repeating: 1, count: floats)
+        try world.barrier()
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            let t0 = now()
+            try world.allReduceSum(&grads)
+            times.append(now() - t0)
+        }
+        times.sort()
+        if rank == 0 {
+            printJSON(["ranks": size, "checks_failed": problems, "ok": problems.isEmpty, "floats": floats,
+                       "allreduce_bytes": floats * 4, "allreduce_ms_median": times[times.count / 2] * 1e3,
+                       "allreduce_gbytes_per_second": Double(floats * 4) / times[times.count / 2] / 1e9])
+        }
+        if !problems.isEmpty { throw ExitCode(1) }
     }
 }

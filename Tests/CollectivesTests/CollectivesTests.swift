@@ -1,0 +1,53 @@
+import Collectives
+import Foundation
+import Testing
+
+/// MPI through Open MPI: the pure batch split, then the collectives across two real ranks
+/// (`mpiexec -n 2` of the built `mocobench collectives`, which checks every result on every rank).
+@Suite struct CollectivesTests {
+    @Test func batchShardsTileTheGlobalBatchInRankOrder() {
+        let shards = (0..<4).compactMap { BatchShard(rank: $0, ranks: 4, globalBatch: 64) }
+        #expect(shards.map(\.range) == [0..<16, 16..<32, 32..<48, 48..<64])
+        #expect(shards.allSatisfy { $0.localBatch == 16 })
+        #expect(BatchShard(rank: 0, ranks: 3, globalBatch: 64) == nil, "64 does not split into 3 equal parts")
+        #expect(BatchShard(rank: 2, ranks: 2, globalBatch: 64) == nil)
+        #expect(BatchShard(rank: 0, ranks: 1, globalBatch: 64)?.range == 0..<64)
+    }
+
+    @Test func launcherIsDetectedFromItsEnvironment() {
+        #expect(Communicator.launchedByMPI(["OMPI_COMM_WORLD_SIZE": "2"]))
+        #expect(Communicator.launchedByMPI(["PMI_SIZE": "4"]))
+        #expect(!Communicator.launchedByMPI(["PATH": "/usr/bin"]))
+    }
+
+    /// Two ranks on this machine: all-reduce, all-gather and broadcast give their known results on
+    /// both ranks (the executable exits non-zero otherwise), and a gradient-sized all-reduce runs.
+    @Test func twoRanksAgreeOnEveryCollective() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let exe = root.appendingPathComponent(".build/debug/mocobench")
+        try #require(FileManager.default.isExecutableFile(atPath: exe.path), "build mocobench first (swift build)")
+        let mpiexec = ["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let launcher = try #require(mpiexec, "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: launcher)
+        p.arguments = ["-n", "2", "--oversubscribe", exe.path, "collectives", "--floats", "100000", "--repeats", "3"]
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"            // CI runs as root
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"   // containers often forbid CMA
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        #expect(p.terminationStatus == 0, "mpiexec exited \(p.terminationStatus): \(text) \(errors)")
+        let line = try #require(text.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON from rank 0: \(text) \(errors)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(json["ranks"] as? Int == 2 && json["ok"] as? Bool == true, "\(json)")
+        #expect((json["checks_failed"] as? [String])?.isEmpty == true)
+    }
+}
