@@ -39,7 +39,7 @@ let package = Package(
         .target(name: "Collectives", dependencies: ["CMPI"]),
         .target(name: "NN", dependencies: ["Autograd", "Kernels"]),
         .target(name: "Data", dependencies: ["CZlib", "CPNG", "CTurboJPEG", "Autograd", "Kernels"]),
-        .target(name: "MoCo", dependencies: ["Data", "NN", "Autograd", "Kernels", "CCrypto"]),
+        .target(name: "MoCo", dependencies: ["Data", "NN", "Autograd", "Kernels", "CCrypto", "Collectives"]),
         // The HTTP/1.1 server imports nothing ML.
         .target(name: "HTTP", dependencies: [.product(name: "Logging", package: "swift-log")]),
         // Jobs: the job model, its state machine and the SQLite store; nothing ML either.

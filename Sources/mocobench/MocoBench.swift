@@ -21,7 +21,7 @@ struct MocoBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mocobench",
         abstract: "Benchmarks of the mocod compute engine; each prints one JSON line.",
-        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self, CollectivesBench.self],
+        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self, CollectivesBench.self, DataParallelCheck.self],
         defaultSubcommand: Info.self)
 }
 
@@ -259,5 +259,79 @@ struct CollectivesBench: ParsableCommand {
                        "allreduce_gbytes_per_second": Double(floats * 4) / times[times.count / 2] / 1e9])
         }
         if !problems.isEmpty { throw ExitCode(1) }
+    }
+}
+
+/// Run under `mpiexec -n N`: trains a tiny MoCo v2 data-parallel for `--steps` steps, N ranks of
+/// `--local-batch` random images each, then (rank 0) the same steps in one process on the whole
+/// global batch with `bn_splits` N, and compares the losses and the final parameters. Also checks
+/// that every rank ends with bit-identical parameters (a hash all-gathered). Rank 0 prints one
+/// JSON line; the exit status is non-zero when a check fails.
+struct DataParallelCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dp-check", abstract: "Under mpiexec: data-parallel MoCo against one process on the same global batch.")
+    @Option var steps = 10
+    @Option var localBatch = 32
+    @Option var width = 4
+    @Option var size = 8
+    @Option(help: "Largest relative difference allowed between the runs' losses and parameters.") var tolerance = 1e-4
+
+    func run() throws {
+        Runtime.setThreads(1)
+        let world = try Communicator.world()
+        defer { Communicator.finalize() }
+        let global = localBatch * world.size
+        guard let shard = BatchShard(rank: world.rank, ranks: world.size, globalBatch: global) else { throw ExitCode(64) }
+        let config = ResNetConfig(arch: .resnet18, stem: .cifar, width: width, inChannels: 1, numClasses: 16)
+        func build(bnSplits: Int) -> (MoCoModel, SGD) {
+            var rng = SeededGenerator(seed: 5)
+            let model = MoCoModel(config: config, mlpHidden: 32, queueSize: global * 4, momentum: 0.99, temperature: 0.2,
+                                  bnSplits: bnSplits, symmetric: false, rng: &rng)
+            return (model, SGD(parameters: model.encoderQ.parameters(), learningRate: 0.05, momentum: 0.9, weightDecay: 1e-4))
+        }
+        func batch(_ step: Int) -> (Tensor, Tensor) {
+            var r = SeededGenerator(seed: 100 + UInt64(step))
+            return (Tensor.randn([global, 1, size, size], using: &r), Tensor.randn([global, 1, size, size], using: &r))
+        }
+        let (dp, dpOpt) = build(bnSplits: 1)
+        var shuffle = SeededGenerator(seed: 9)
+        var dpLosses: [Float] = []
+        for s in 0..<steps {
+            let (a, b) = batch(s)
+            dpLosses.append(try dp.trainStep(gatherRows(a, Array(shard.range)), gatherRows(b, Array(shard.range)),
+                                             optimizer: dpOpt, rng: &shuffle, group: world))
+        }
+        let params = dp.encoderQ.parameters() + dp.encoderK.parameters()
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for p in params { for v in p.toArray() { hash = (hash ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 } }
+        let mine = [Float(bitPattern: UInt32(truncatingIfNeeded: hash)), Float(bitPattern: UInt32(truncatingIfNeeded: hash >> 32))]
+        let hashes = try world.allGather(mine).map(\.bitPattern)
+        let identical = (0..<world.size).allSatisfy { hashes[2 * $0] == hashes[0] && hashes[2 * $0 + 1] == hashes[1] }
+        var failed = identical ? 0 : 1
+        if world.rank == 0 {
+            let (ref, refOpt) = build(bnSplits: world.size)
+            var shuffleRef = SeededGenerator(seed: 9)
+            var refLosses: [Float] = []
+            for s in 0..<steps {
+                let (a, b) = batch(s)
+                refLosses.append(ref.trainStep(a, b, optimizer: refOpt, rng: &shuffleRef).loss)
+            }
+            let lossDiff = zip(dpLosses, refLosses).map { Double(abs($0 - $1) / max(abs($1), 1e-12)) }.max() ?? 0
+            var paramDiff = 0.0
+            for (p, q) in zip(params, ref.encoderQ.parameters() + ref.encoderK.parameters()) {
+                let a = p.toArray(), b = q.toArray()
+                var d = 0.0, n = 0.0
+                for i in a.indices { d += Double(a[i] - b[i]) * Double(a[i] - b[i]); n += Double(b[i]) * Double(b[i]) }
+                paramDiff = max(paramDiff, (d / max(n, 1e-30)).squareRoot())
+            }
+            let ok = identical && lossDiff <= tolerance && paramDiff <= tolerance
+            if !ok { failed = 1 }
+            printJSON(["ranks": world.size, "local_batch": localBatch, "steps": steps, "losses_data_parallel": dpLosses.map(Double.init),
+                       "losses_one_process": refLosses.map(Double.init), "max_relative_loss_difference": lossDiff,
+                       "max_relative_parameter_difference": paramDiff, "parameters_identical_on_every_rank": identical, "ok": ok])
+        }
+        var flag = [Float(failed)]
+        try world.allReduceSum(&flag)
+        if flag[0] > 0 { throw ExitCode(1) }
     }
 }

@@ -23,6 +23,27 @@ import Testing
     /// Two ranks on this machine: all-reduce, all-gather and broadcast give their known results on
     /// both ranks (the executable exits non-zero otherwise), and a gradient-sized all-reduce runs.
     @Test func twoRanksAgreeOnEveryCollective() throws {
+        let json = try mpiexec2(["collectives", "--floats", "100000", "--repeats", "3"])
+        #expect(json["ranks"] as? Int == 2 && json["ok"] as? Bool == true, "\(json)")
+        #expect((json["checks_failed"] as? [String])?.isEmpty == true)
+    }
+
+    /// The equivalence: 2 ranks of 32 images against one process with 64 images and
+    /// bn_splits 2, same seed, 10 steps of MoCo v2 (shuffle BN across ranks, gradients
+    /// all-reduced, keys all-gathered): losses and final parameters agree to 1e-4 relative, and
+    /// both ranks end with bit-identical parameters.
+    @Test func dataParallelStepMatchesOneProcess() throws {
+        let json = try mpiexec2(["dp-check", "--steps", "10", "--local-batch", "32", "--tolerance", "1e-4"])
+        #expect(json["ok"] as? Bool == true, "\(json)")
+        #expect(json["parameters_identical_on_every_rank"] as? Bool == true)
+        let loss = try #require(json["max_relative_loss_difference"] as? Double)
+        let params = try #require(json["max_relative_parameter_difference"] as? Double)
+        #expect(loss <= 1e-4 && params <= 1e-4, "losses \(loss), parameters \(params)")
+        #expect((json["losses_data_parallel"] as? [Double])?.count == 10)
+    }
+
+    /// Runs the built `mocobench` with `arguments` on 2 ranks and returns rank 0's JSON line.
+    func mpiexec2(_ arguments: [String]) throws -> [String: Any] {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let exe = root.appendingPathComponent(".build/debug/mocobench")
         try #require(FileManager.default.isExecutableFile(atPath: exe.path), "build mocobench first (swift build)")
@@ -30,7 +51,7 @@ import Testing
         let launcher = try #require(mpiexec, "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: launcher)
-        p.arguments = ["-n", "2", "--oversubscribe", exe.path, "collectives", "--floats", "100000", "--repeats", "3"]
+        p.arguments = ["-n", "2", "--oversubscribe", exe.path] + arguments
         var env = ProcessInfo.processInfo.environment
         env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"            // CI runs as root
         env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
@@ -46,8 +67,6 @@ import Testing
         let text = String(decoding: data, as: UTF8.self)
         #expect(p.terminationStatus == 0, "mpiexec exited \(p.terminationStatus): \(text) \(errors)")
         let line = try #require(text.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON from rank 0: \(text) \(errors)")
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
-        #expect(json["ranks"] as? Int == 2 && json["ok"] as? Bool == true, "\(json)")
-        #expect((json["checks_failed"] as? [String])?.isEmpty == true)
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
     }
 }

@@ -1,0 +1,81 @@
+import Autograd
+import Collectives
+import Kernels
+import NN
+
+/// MoCo across the ranks of a communicator, as the official code runs it across GPUs (He et al.
+/// 2019, section 3.3 and its `moco/builder.py`): each rank holds a copy of both encoders and the
+/// queue and takes its own block of every global batch (`BatchShard`).
+///
+/// - The query encoder's batch norm sees the rank's block (no sync), as DDP does.
+/// - Shuffle BN: the key batch is all-gathered, rank 0's permutation is broadcast, each rank
+///   encodes its share of the shuffled batch, the keys are all-gathered and un-shuffled.
+/// - The loss is the mean over the rank's block; gradients are all-reduced and divided by the
+///   number of ranks, so every rank applies the gradient of the mean over the global batch.
+/// - Keys are enqueued for the whole global batch, so every rank holds the same queue.
+///
+/// With N ranks of B images this is the single-process step on N·B images with `bn_splits` N
+/// (split BN groups are the ranks' blocks), up to the order of floating-point sums.
+extension MoCoModel {
+    /// One data-parallel training step on this rank's blocks `x1`, `x2` (B images each).
+    /// Returns the global batch's loss (the ranks' mean); a non-finite loss changes nothing.
+    public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: SGD, rng: inout SeededGenerator,
+                          group: Communicator) throws -> Float {
+        precondition(!symmetric, "the data-parallel step covers the asymmetric loss")
+        momentumUpdate()
+        let (loss, keys) = try Autocast.with(precision) { () throws -> (Tensor, Tensor) in
+            let q = l2Normalized(encoderQ(x1))
+            let (local, global) = try distributedKeys(x2, group: group, rng: &rng)
+            return (contrastiveLoss(q, local).loss, global)
+        }
+        var value = [loss.item]
+        try group.allReduceSum(&value)
+        let mean = value[0] / Float(group.size)
+        guard mean.isFinite else { return mean }
+        optimizer.zeroGrad()
+        loss.backward()
+        try averageGradients(optimizer.parameters, group: group)
+        optimizer.step()
+        enqueue(keys)
+        return mean
+    }
+
+    /// Keys of this rank's block under shuffle BN across ranks: `local` (B x dim, the block's
+    /// images in order) and `global` (N·B x dim, every rank's block in rank order, to enqueue).
+    func distributedKeys(_ x: Tensor, group: Communicator, rng: inout SeededGenerator) throws -> (local: Tensor, global: Tensor) {
+        let b = x.shape[0], n = b * group.size
+        let all = try gathered(x, group)                               // N·B images, rank order
+        var perm = Array(0..<n)
+        perm.fisherYatesShuffle(using: &rng)
+        var shared = perm.map(Int32.init)
+        try group.broadcast(&shared, root: 0)                          // rank 0's permutation
+        perm = shared.map(Int.init)
+        let mine = Array(perm[(group.rank * b)..<((group.rank + 1) * b)])
+        let k = GradMode.withNoGrad { l2Normalized(encoderK(gatherRows(all, mine))) }
+        let shuffled = try gathered(k, group)                          // keys in shuffled order
+        var inverse = perm
+        for (pos, i) in perm.enumerated() { inverse[i] = pos }
+        let global = gatherRows(shuffled, inverse)                     // original order
+        return (gatherRows(global, Array((group.rank * b)..<((group.rank + 1) * b))), global)
+    }
+
+    /// Every parameter's gradient summed across ranks and divided by their number.
+    func averageGradients(_ parameters: [Tensor], group: Communicator) throws {
+        let scale = 1 / Float(group.size)
+        for p in parameters {
+            guard let g = p.grad else { continue }
+            let count = g.count
+            try g.withUnsafeMutableFloats { f in
+                let values = UnsafeMutableBufferPointer(rebasing: f[..<count])
+                try group.allReduceSum(values)
+                for i in values.indices { values[i] *= scale }
+            }
+        }
+    }
+
+    /// The ranks' tensors of the same shape stacked along the first axis in rank order.
+    func gathered(_ t: Tensor, _ group: Communicator) throws -> Tensor {
+        let all = try group.allGather(t.toArray())
+        return Tensor(shape: [t.shape[0] * group.size] + t.shape.dropFirst(), data: all)
+    }
+}
