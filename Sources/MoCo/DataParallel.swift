@@ -18,9 +18,10 @@ import NN
 /// (split BN groups are the ranks' blocks), up to the order of floating-point sums.
 extension MoCoModel {
     /// One data-parallel training step on this rank's blocks `x1`, `x2` (B images each).
-    /// Returns the global batch's loss (the ranks' mean); a non-finite loss changes nothing.
+    /// Returns the global batch's loss (the ranks' mean; a non-finite loss changes nothing) and
+    /// what the gradient all-reduce moved and took.
     public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: SGD, rng: inout SeededGenerator,
-                          group: Communicator) throws -> Float {
+                          group: Communicator) throws -> (loss: Float, allReduce: AllReduceStats) {
         precondition(!symmetric, "the data-parallel step covers the asymmetric loss")
         momentumUpdate()
         let (loss, keys) = try Autocast.with(precision) { () throws -> (Tensor, Tensor) in
@@ -31,13 +32,13 @@ extension MoCoModel {
         var value = [loss.item]
         try group.allReduceSum(&value)
         let mean = value[0] / Float(group.size)
-        guard mean.isFinite else { return mean }
+        guard mean.isFinite else { return (mean, AllReduceStats()) }
         optimizer.zeroGrad()
         loss.backward()
-        try averageGradients(optimizer.parameters, group: group)
+        let stats = try averageGradients(optimizer.parameters, group: group)
         optimizer.step()
         enqueue(keys)
-        return mean
+        return (mean, stats)
     }
 
     /// Keys of this rank's block under shuffle BN across ranks: `local` (B x dim, the block's
@@ -59,18 +60,32 @@ extension MoCoModel {
         return (gatherRows(global, Array((group.rank * b)..<((group.rank + 1) * b))), global)
     }
 
-    /// Every parameter's gradient summed across ranks and divided by their number.
-    func averageGradients(_ parameters: [Tensor], group: Communicator) throws {
-        let scale = 1 / Float(group.size)
-        for p in parameters {
-            guard let g = p.grad else { continue }
-            let count = g.count
-            try g.withUnsafeMutableFloats { f in
-                let values = UnsafeMutableBufferPointer(rebasing: f[..<count])
-                try group.allReduceSum(values)
-                for i in values.indices { values[i] *= scale }
+    /// Every parameter's gradient summed across ranks and divided by their number: the gradients
+    /// are packed into one bucket, all-reduced in one call, and unpacked.
+    func averageGradients(_ parameters: [Tensor], group: Communicator) throws -> AllReduceStats {
+        let grads = parameters.compactMap(\.grad)
+        let total = grads.reduce(0) { $0 + $1.count }
+        var bucket = [Float](repeating: 0, count: total)
+        var offset = 0
+        bucket.withUnsafeMutableBufferPointer { b in
+            for g in grads {
+                g.withUnsafeFloats { f in _ = UnsafeMutableBufferPointer(rebasing: b[offset..<(offset + g.count)]).update(fromContentsOf: f[..<g.count]) }
+                offset += g.count
             }
         }
+        let started = ContinuousClock.now
+        try group.allReduceSum(&bucket)
+        let elapsed = ContinuousClock.now - started
+        let scale = 1 / Float(group.size)
+        offset = 0
+        bucket.withUnsafeBufferPointer { b in
+            for g in grads {
+                let n = g.count
+                g.withUnsafeMutableFloats { f in for i in 0..<n { f[i] = b[offset + i] * scale } }
+                offset += n
+            }
+        }
+        return AllReduceStats(bytes: total * 4, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
     }
 
     /// The ranks' tensors of the same shape stacked along the first axis in rank order.
@@ -78,4 +93,11 @@ extension MoCoModel {
         let all = try group.allGather(t.toArray())
         return Tensor(shape: [t.shape[0] * group.size] + t.shape.dropFirst(), data: all)
     }
+}
+
+/// What one step's gradient all-reduce moved (bytes per rank) and how long it took.
+public struct AllReduceStats: Sendable, Equatable {
+    public var bytes = 0
+    public var seconds = 0.0
+    public init(bytes: Int = 0, seconds: Double = 0) { self.bytes = bytes; self.seconds = seconds }
 }

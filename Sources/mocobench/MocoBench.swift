@@ -21,7 +21,7 @@ struct MocoBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mocobench",
         abstract: "Benchmarks of the mocod compute engine; each prints one JSON line.",
-        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self, CollectivesBench.self, DataParallelCheck.self],
+        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self, CollectivesBench.self, DataParallelCheck.self, DataParallelStep.self],
         defaultSubcommand: Info.self)
 }
 
@@ -299,7 +299,7 @@ struct DataParallelCheck: ParsableCommand {
         for s in 0..<steps {
             let (a, b) = batch(s)
             dpLosses.append(try dp.trainStep(gatherRows(a, Array(shard.range)), gatherRows(b, Array(shard.range)),
-                                             optimizer: dpOpt, rng: &shuffle, group: world))
+                                             optimizer: dpOpt, rng: &shuffle, group: world).loss)
         }
         let params = dp.encoderQ.parameters() + dp.encoderK.parameters()
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
@@ -333,5 +333,63 @@ struct DataParallelCheck: ParsableCommand {
         var flag = [Float(failed)]
         try world.allReduceSum(&flag)
         if flag[0] > 0 { throw ExitCode(1) }
+    }
+}
+
+/// Run under `mpiexec -n N`: times the data-parallel MoCo v2 step (`MoCoModel.trainStep(...,
+/// group:)`), N ranks each taking `--batch / N` of every global batch with `--threads` threads.
+/// Rank 0 prints one JSON line in `step`'s terms (global images/s) plus the gradient all-reduce's
+/// bytes and time per step.
+struct DataParallelStep: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dp-step", abstract: "Under mpiexec: times the data-parallel MoCo v2 step (global batch split across ranks).")
+    @Option var width = 32
+    @Option(help: "Global batch (split equally across ranks).") var batch = 256
+    @Option var channels = 1
+    @Option var size = 28
+    @Option(help: "Threads per rank.") var threads = 1
+    @Option var queue = 4096
+    @Option var steps = 5
+    @Option var warmup = 2
+
+    func run() throws {
+        Runtime.setThreads(threads)
+        let world = try Communicator.world()
+        defer { Communicator.finalize() }
+        guard let shard = BatchShard(rank: world.rank, ranks: world.size, globalBatch: batch) else {
+            throw ValidationError("--batch \(batch) does not split into \(world.size) equal parts")
+        }
+        var rng = SeededGenerator(seed: 0)
+        let k = (queue + batch - 1) / batch * batch
+        let config = ResNetConfig(arch: .resnet18, stem: .cifar, width: width, inChannels: channels, numClasses: 128)
+        let model = MoCoModel(config: config, mlpHidden: nil, queueSize: k, momentum: 0.999, temperature: 0.2, bnSplits: 1,
+                              symmetric: false, rng: &rng)
+        let opt = SGD(parameters: model.encoderQ.parameters(), learningRate: 0.03, momentum: 0.9, weightDecay: 1e-4)
+        var data = SeededGenerator(seed: 10 + UInt64(world.rank))
+        let xq = Tensor.randn([shard.localBatch, channels, size, size], using: &data)
+        let xk = Tensor.randn([shard.localBatch, channels, size, size], using: &data)
+        var shuffle = SeededGenerator(seed: 1)
+        for _ in 0..<warmup { _ = try model.trainStep(xq, xk, optimizer: opt, rng: &shuffle, group: world) }
+        var times: [Double] = [], reduceTimes: [Double] = []
+        var bytes = 0
+        var loss: Float = 0
+        for _ in 0..<steps {
+            try world.barrier()
+            let t0 = now()
+            let (l, stats) = try model.trainStep(xq, xk, optimizer: opt, rng: &shuffle, group: world)
+            times.append(now() - t0)
+            reduceTimes.append(stats.seconds)
+            bytes = stats.bytes
+            loss = l
+        }
+        times.sort(); reduceTimes.sort()
+        let median = times[times.count / 2]
+        if world.rank == 0 {
+            printJSON(["impl": "mocod-mpi", "ranks": world.size, "threads_per_rank": threads, "width": width, "batch": batch,
+                       "channels": channels, "size": size, "queue": k, "steps": steps, "step_ms": median * 1e3,
+                       "images_per_second": Double(batch) / median, "allreduce_bytes_per_step": bytes,
+                       "allreduce_ms_median": reduceTimes[reduceTimes.count / 2] * 1e3, "loss": Double(loss),
+                       "peak_rss_mb_rank0": peakRSSMegabytes()])
+        }
     }
 }
