@@ -40,17 +40,25 @@ public final class BatchLoader: Sendable {
     public let shuffle: Bool
     public let workers: Int
     public let prefetch: Int
+    /// The positions of each (global) batch this loader assembles: all of them, or one rank's
+    /// block under data parallelism. The views of a position are the same either way.
+    public let shard: Range<Int>
 
     public init(dataset: ImageDataset, augment: AugmentConfig, batchSize: Int, views: Int = 2, seed: UInt64,
-                shuffle: Bool = true, workers: Int = 1, prefetch: Int = 4) {
+                shuffle: Bool = true, workers: Int = 1, prefetch: Int = 4, shard: Range<Int>? = nil) {
         precondition(batchSize > 0 && views > 0 && workers >= 0)
+        let shard = shard ?? 0..<batchSize
+        precondition(!shard.isEmpty && shard.lowerBound >= 0 && shard.upperBound <= batchSize, "shard \(shard) outside a batch of \(batchSize)")
         self.dataset = dataset; self.augment = augment; self.batchSize = batchSize; self.views = views
         self.seed = seed; self.shuffle = shuffle; self.workers = workers; self.prefetch = max(1, prefetch)
+        self.shard = shard
     }
 
     /// Full batches per epoch (the last partial batch is dropped, as `drop_last=True`).
     public var batchesPerEpoch: Int { dataset.count / batchSize }
-    public var floatsPerView: Int { batchSize * dataset.channels * augment.size * augment.size }
+    /// Images per assembled batch: the shard's size.
+    public var localBatchSize: Int { shard.count }
+    public var floatsPerView: Int { localBatchSize * dataset.channels * augment.size * augment.size }
 
     /// The order of images in `epoch`: a Fisher–Yates shuffle seeded by `(seed, epoch)`.
     public func order(epoch: Int) -> [Int] {
@@ -63,7 +71,7 @@ public final class BatchLoader: Sendable {
 
     /// Assembles batch `b` of an epoch whose order is `order` (pure; any thread).
     public func makeBatch(epoch: Int, order: [Int], b: Int) -> Batch {
-        let indices = Array(order[(b * batchSize)..<((b + 1) * batchSize)])
+        let indices = Array(order[(b * batchSize + shard.lowerBound)..<(b * batchSize + shard.upperBound)])
         let per = dataset.channels * augment.size * augment.size
         let buffers = (0..<views).map { _ in Buffer(byteCount: floatsPerView * 4) }
         for (slot, image) in indices.enumerated() {

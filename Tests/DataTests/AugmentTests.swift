@@ -36,6 +36,28 @@ import Testing
         }
     }
 
+    /// Under data parallelism each rank assembles only its block of every global batch; the
+    /// blocks put together in rank order are the whole batch, bit for bit (same images, views,
+    /// labels), so the data a job sees does not depend on the number of ranks.
+    @Test func shardsTileTheGlobalBatch() {
+        let ds = dataset(48)
+        let cfg = AugmentConfig(preset: .v2, size: 10, mean: [0.5], std: [0.25])
+        let full = BatchLoader(dataset: ds, augment: cfg, batchSize: 12, seed: 7, workers: 0)
+        let parts = [0..<4, 4..<8, 8..<12].map { BatchLoader(dataset: ds, augment: cfg, batchSize: 12, seed: 7, workers: 2, shard: $0) }
+        #expect(parts.allSatisfy { $0.batchesPerEpoch == full.batchesPerEpoch && $0.localBatchSize == 4 })
+        let order = full.order(epoch: 1)
+        for b in 0..<full.batchesPerEpoch {
+            let whole = full.makeBatch(epoch: 1, order: order, b: b)
+            let pieces = parts.map { $0.makeBatch(epoch: 1, order: order, b: b) }
+            #expect(pieces.flatMap(\.indices) == whole.indices)
+            #expect(pieces.flatMap { $0.labels ?? [] } == whole.labels)
+            for v in 0..<2 {
+                let joined = pieces.flatMap { p in p.views[v].withUnsafeFloats { Array($0[..<parts[0].floatsPerView]) } }
+                #expect(joined == whole.views[v].withUnsafeFloats { Array($0[..<full.floatsPerView]) })
+            }
+        }
+    }
+
     @Test func viewsDifferAndStayInRange() {
         let ds = dataset(4, channels: 3)
         let cfg = AugmentConfig(preset: .v2, size: 12, mean: [0, 0, 0], std: [1, 1, 1])
