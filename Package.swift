@@ -55,7 +55,7 @@ let package = Package(
                                                         .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "moco",
-            dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels",
+            dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels", "Collectives",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "mocobench",

@@ -21,6 +21,9 @@ extension Scheduler {
         if spec.moco.queue > 262_144 { issues.append(FieldIssue("moco.queue", "must be at most 262144 on this daemon")) }
         if spec.augment.size > 256 { issues.append(FieldIssue("augment.size", "must be at most 256 on this daemon")) }
         if spec.optim.epochs > 1000 { issues.append(FieldIssue("optim.epochs", "must be at most 1000 on this daemon")) }
+        if spec.distributed.processes > 1 {
+            issues.append(FieldIssue("distributed.processes", "above 1 is not run by the daemon yet: train the job with mpiexec -n \(spec.distributed.processes) moco train"))
+        }
         if spec.threads > settings.threads { issues.append(FieldIssue("threads", "must be at most \(settings.threads) (the daemon's thread budget)")) }
         let memory = Self.estimatedMemoryBytes(spec)
         let available = Self.physicalMemory()

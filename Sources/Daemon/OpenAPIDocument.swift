@@ -131,6 +131,12 @@ components:
         threads: {type: integer, minimum: 1, maximum: 256}
         max_restarts: {type: integer, minimum: 0, maximum: 100, description: 'Restarts of a worker that exits abnormally before the job fails, counted over the job''s life (a daemon restart does not reset them).'}
         precision: {type: string, enum: [fp32, bf16], description: 'fp32, or bf16 mixed precision as PyTorch''s CPU autocast runs it (convolutions and matmuls on bf16 operands with fp32 accumulation, activations stored in bf16; batch-norm statistics, the loss, parameters, gradients, SGD, the EMA and the queue in fp32). bf16 is refused (422) where oneDNN has no bf16 kernels (see /v1/info bf16.onednn_bf16). Default fp32.'}
+        distributed:
+          type: object
+          additionalProperties: false
+          description: 'How many processes (MPI ranks) train the job together, each on its block of every global batch (optim.batch_size is the global batch). Above 1 it must divide optim.batch_size, moco.bn_splits must be a multiple of it and moco.symmetric false; such a job runs under mpiexec -n N moco train, and the daemon refuses it (422) for now.'
+          properties:
+            processes: {type: integer, minimum: 1, maximum: 256}
     Job:
       type: object
       required: [id, name, state, priority, created_at, progress, restarts, links, spec]

@@ -18,27 +18,28 @@ import NN
 /// (split BN groups are the ranks' blocks), up to the order of floating-point sums.
 extension MoCoModel {
     /// One data-parallel training step on this rank's blocks `x1`, `x2` (B images each).
-    /// Returns the global batch's loss (the ranks' mean; a non-finite loss changes nothing) and
-    /// what the gradient all-reduce moved and took.
+    /// A non-finite loss (the ranks' mean, so every rank sees it) changes nothing.
     public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: SGD, rng: inout SeededGenerator,
-                          group: Communicator) throws -> (loss: Float, allReduce: AllReduceStats) {
+                          group: Communicator) throws -> DataParallelStepResult {
         precondition(!symmetric, "the data-parallel step covers the asymmetric loss")
         momentumUpdate()
-        let (loss, keys) = try Autocast.with(precision) { () throws -> (Tensor, Tensor) in
+        let (loss, accuracy, std, keys) = try Autocast.with(precision) { () throws -> (Tensor, Float, Float, Tensor) in
             let q = l2Normalized(encoderQ(x1))
             let (local, global) = try distributedKeys(x2, group: group, rng: &rng)
-            return (contrastiveLoss(q, local).loss, global)
+            let (loss, accuracy) = contrastiveLoss(q, local)
+            return (loss, accuracy, featureStd(q), global)
         }
         var value = [loss.item]
         try group.allReduceSum(&value)
         let mean = value[0] / Float(group.size)
-        guard mean.isFinite else { return (mean, AllReduceStats()) }
+        var result = DataParallelStepResult(loss: mean, instanceAccuracy: accuracy, featureStd: std)
+        guard mean.isFinite else { return result }
         optimizer.zeroGrad()
         loss.backward()
-        let stats = try averageGradients(optimizer.parameters, group: group)
+        result.allReduce = try averageGradients(optimizer.parameters, group: group)
         optimizer.step()
         enqueue(keys)
-        return (mean, stats)
+        return result
     }
 
     /// Keys of this rank's block under shuffle BN across ranks: `local` (B x dim, the block's
@@ -93,6 +94,15 @@ extension MoCoModel {
         let all = try group.allGather(t.toArray())
         return Tensor(shape: [t.shape[0] * group.size] + t.shape.dropFirst(), data: all)
     }
+}
+
+/// One data-parallel step: the global batch's loss (the ranks' mean), this rank's instance
+/// accuracy and feature std, and the gradient all-reduce's cost.
+public struct DataParallelStepResult: Sendable {
+    public var loss: Float
+    public var instanceAccuracy: Float
+    public var featureStd: Float
+    public var allReduce = AllReduceStats()
 }
 
 /// What one step's gradient all-reduce moved (bytes per rank) and how long it took.

@@ -101,6 +101,12 @@ public struct JobSpec: Codable, Sendable, Equatable {
         public var keep_best: Int
     }
 
+    /// How many processes (MPI ranks) train the job together, each on its block of every
+    /// global batch (`optim.batch_size` stays the global batch).
+    public struct Distributed: Codable, Sendable, Equatable {
+        public var processes: Int
+    }
+
     public var name: String
     public var method: Method
     public var data: DataSource
@@ -114,6 +120,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public var threads: Int
     /// `fp32`, or `bf16` mixed precision (see `Precision`): where oneDNN runs bf16 kernels.
     public var precision: Precision
+    public var distributed: Distributed
     /// How often the daemon restarts a worker that exited abnormally (a signal, a non-zero
     /// status) from the job's newest valid checkpoint before the job fails.
     public var max_restarts: Int
@@ -139,6 +146,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             "seed": 0,
             "threads": 2,
             "precision": "fp32",
+            "distributed": ["processes": 1] as [String: Any],
             "max_restarts": 2,
         ]
     }
@@ -251,7 +259,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         "data.limit", "eval.limit", "eval.knn_k", "eval.every_epochs", "model.width", "model.in_channels", "model.dim",
         "model.mlp_hidden", "moco.queue", "moco.bn_splits", "augment.size", "optim.batch_size", "optim.epochs",
         "optim.milestones[]", "optim.warmup_epochs", "checkpoint.every_epochs", "checkpoint.every_steps",
-        "checkpoint.keep_last", "checkpoint.keep_best", "seed", "threads", "max_restarts",
+        "checkpoint.keep_last", "checkpoint.keep_best", "seed", "threads", "max_restarts", "distributed.processes",
     ]
 
     /// Numbers the decoder would reject without naming the field (a fraction for an integer, a
@@ -376,6 +384,15 @@ public struct JobSpec: Codable, Sendable, Equatable {
             if need(optim.batch_size % moco.bn_splits == 0, "moco.bn_splits", "must divide batch_size (\(optim.batch_size))") {
                 need(optim.batch_size / moco.bn_splits >= 2, "moco.bn_splits", "leaves fewer than 2 images per split")
             }
+        }
+        let processes = distributed.processes
+        if need(between(processes, 1, 256), "distributed.processes", "must be between 1 and 256"), processes > 1 {
+            if batchOK { need(optim.batch_size % processes == 0, "distributed.processes", "must divide optim.batch_size (\(optim.batch_size))") }
+            if splitsOK {
+                need(moco.bn_splits % processes == 0, "moco.bn_splits",
+                     "must be a multiple of distributed.processes (\(processes)): each process splits its block into bn_splits / processes groups")
+            }
+            need(!moco.symmetric, "moco.symmetric", "must be false when distributed.processes is above 1")
         }
         return p
     }

@@ -1,4 +1,5 @@
 import Autograd
+import Collectives
 import Data
 import Foundation
 import Kernels
@@ -68,9 +69,15 @@ public final class Trainer {
     public let store: CheckpointStore
     let emit: (TrainingEvent) -> Void
 
+    /// The ranks training together when the spec's `distributed.processes` is above 1 (nil: alone).
+    public let group: Communicator?
+
+    /// `group`: the world communicator of the job's ranks (`mpiexec -n N`); rank 0 writes the
+    /// metrics, checkpoints and evaluations, the others only train.
     public init(spec: JobSpec, train: ImageDataset, eval: ImageDataset?, outDirectory: URL, workers: Int = 1,
-                events: @escaping (TrainingEvent) -> Void = { _ in }) {
+                group: Communicator? = nil, events: @escaping (TrainingEvent) -> Void = { _ in }) {
         self.spec = spec
+        self.group = group
         self.train = train
         self.eval = eval
         self.outDirectory = outDirectory
@@ -87,11 +94,17 @@ public final class Trainer {
         AugmentConfig(preset: spec.augment.preset, size: spec.augment.size, mean: mean, std: std)
     }
 
-    /// Builds the model and optimizer exactly as a fresh run does (seeded by the spec).
+    /// Whether this process writes metrics, checkpoints and evaluations (alone, or rank 0).
+    public var isWriter: Bool { (group?.rank ?? 0) == 0 }
+
+    /// Builds the model and optimizer exactly as a fresh run does (seeded by the spec). With N
+    /// processes each splits its block of the batch into `bn_splits / N` groups, so the split-BN
+    /// groups are those of one process on the whole batch.
     public func makeModel() -> (MoCoModel, SGD) {
         var rng = SeededGenerator(seed: StreamSeed.mix(spec.seed, 1))
         let model = MoCoModel(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, queueSize: spec.moco.queue,
-                              momentum: spec.moco.momentum, temperature: spec.moco.temperature, bnSplits: spec.moco.bn_splits,
+                              momentum: spec.moco.momentum, temperature: spec.moco.temperature,
+                              bnSplits: spec.moco.bn_splits / spec.distributed.processes,
                               symmetric: spec.moco.symmetric, rng: &rng)
         model.precision = spec.precision
         let opt = SGD(parameters: model.encoderQ.parameters(), learningRate: spec.effectiveLearningRate,
@@ -104,8 +117,16 @@ public final class Trainer {
     public func run(resume: URL? = nil, stopAfterSteps: Int? = nil, shouldStop: () -> Bool = { false }) throws -> TrainingOutcome {
         Runtime.setThreads(spec.threads)
         let preflight = try Preflight.check(spec, train: train, eval: eval)
-        try FileManager.default.createDirectory(at: store.directory, withIntermediateDirectories: true)
-        store.removeLeftovers()
+        let processes = spec.distributed.processes
+        let ranks: Communicator? = processes > 1 ? group : nil
+        if processes > 1 && group?.size != processes {
+            throw SpecError([FieldIssue("distributed.processes", "is \(processes) but \(group?.size ?? 1) process(es) run this job: start it with mpiexec -n \(processes)")])
+        }
+        let shard = ranks.flatMap { BatchShard(rank: $0.rank, ranks: $0.size, globalBatch: spec.optim.batch_size) }
+        if isWriter {
+            try FileManager.default.createDirectory(at: store.directory, withIntermediateDirectories: true)
+            store.removeLeftovers()
+        }
         let (model, opt) = makeModel()
         var shuffleRNG = SeededGenerator(seed: StreamSeed.mix(spec.seed, 2))
         var step = 0
@@ -119,18 +140,18 @@ public final class Trainer {
             emit(.message("resumed from \(resume.lastPathComponent) at step \(step)" + (info.evalDue ? " (its epoch's evaluation is still due)" : "")))
         }
         let loader = BatchLoader(dataset: train, augment: augmentConfig, batchSize: spec.optim.batch_size, views: 2,
-                                 seed: spec.seed, workers: workers)
+                                 seed: spec.seed, workers: workers, shard: shard?.range)
         let perEpoch = loader.batchesPerEpoch
         let total = perEpoch * spec.optim.epochs
         emit(.started(totalSteps: total, startStep: step, warnings: preflight.warnings))
         // An evaluation still due at the checkpoint's step is run again below: drop any point of
         // it a crash left behind, so it appears exactly once.
-        let metrics = try MetricsWriter(url: outDirectory.appendingPathComponent("metrics.jsonl"), truncateAfterStep: step,
-                                        dropEvaluationAtStep: resumedEvalDue)
+        let metrics = isWriter ? try MetricsWriter(url: outDirectory.appendingPathComponent("metrics.jsonl"), truncateAfterStep: step,
+                                                   dropEvaluationAtStep: resumedEvalDue) : nil
         let base = spec.effectiveLearningRate
         let schedule = spec.schedule
         let chance = log(Double(spec.moco.queue + 1))
-        let size = spec.augment.size, channels = train.channels, batch = spec.optim.batch_size
+        let size = spec.augment.size, channels = train.channels, batch = spec.optim.batch_size, local = loader.localBatchSize
         let started = Date()
         let firstStep = step
         var lastCheckpointStep = -1
@@ -143,6 +164,7 @@ public final class Trainer {
         }
 
         func checkpoint(epoch: Int, knn: Double?, evalDue: Bool) throws {
+            guard isWriter else { lastCheckpointStep = step; lastCheckpointEvalDue = evalDue; return }
             emit(.checkpointing(step: step))
             let info = CheckpointInfo(step: step, epoch: epoch, knnTop1: knn, spec: spec, created: Date(), evalDue: evalDue)
             let url = store.directory.appendingPathComponent(Checkpoint.fileName(epoch: epoch, step: step))
@@ -166,7 +188,7 @@ public final class Trainer {
         /// (also when a checkpoint at this step was written before the evaluation ran).
         func endOfEpoch(_ done: Int) throws {
             var knn: Double?
-            if let eval, let e = spec.eval, evaluationScheduled(after: done) {
+            if isWriter, let eval, let e = spec.eval, evaluationScheduled(after: done) {
                 let t0 = Date()
                 let top1 = Evaluation.knn(model.encoderQ, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t,
                                           precision: spec.precision)
@@ -174,7 +196,7 @@ public final class Trainer {
                 bestKNN = max(bestKNN ?? -1, top1)
                 let point = MetricPoint(kind: .eval, step: step, epoch: done, total_steps: total, knn_top1: top1,
                                         time: Date().timeIntervalSince1970, precision: spec.precision)
-                try metrics.append(point)
+                try metrics?.append(point)
                 emit(.evaluated(point))
                 emit(.message(String(format: "epoch %d: kNN top-1 %.2f%% (%.1f s)", done, top1, Date().timeIntervalSince(t0))))
             }
@@ -199,9 +221,16 @@ public final class Trainer {
                 let inBatch = step - epoch * perEpoch
                 let lr = schedule.rate(base: base, epoch: epoch, step: inBatch, stepsPerEpoch: perEpoch)
                 opt.learningRate = lr
-                let x1 = Tensor(shape: [batch, channels, size, size], buffer: b.views[0])
-                let x2 = Tensor(shape: [batch, channels, size, size], buffer: b.views[1])
-                let (result, loss) = model.trainStep(x1, x2, optimizer: opt, rng: &shuffleRNG)
+                let x1 = Tensor(shape: [local, channels, size, size], buffer: b.views[0])
+                let x2 = Tensor(shape: [local, channels, size, size], buffer: b.views[1])
+                let loss: Float, accuracy: Float, featureStd: Float
+                if let ranks {
+                    let r = try model.trainStep(x1, x2, optimizer: opt, rng: &shuffleRNG, group: ranks)
+                    (loss, accuracy, featureStd) = (r.loss, r.instanceAccuracy, r.featureStd)
+                } else {
+                    let (result, l) = model.trainStep(x1, x2, optimizer: opt, rng: &shuffleRNG)
+                    (loss, accuracy, featureStd) = (l, result.instanceAccuracy, result.featureStd)
+                }
                 guard loss.isFinite else {
                     let reason = "loss became \(loss) at step \(step + 1) (epoch \(epoch + 1)); stopped, keeping the last good checkpoint"
                     emit(.message(reason))
@@ -218,13 +247,16 @@ public final class Trainer {
                 let rate = Double(step - firstStep) / max(elapsed, 1e-9)
                 let point = MetricPoint(kind: .step, step: step, epoch: epoch + 1, total_steps: total, loss: Double(loss), lr: Double(lr),
                                         images_per_second: Double(batch) / max(seconds, 1e-9), data_wait_share: min(1, wait / max(seconds, 1e-9)),
-                                        instance_accuracy: Double(result.instanceAccuracy), feature_std: Double(result.featureStd),
+                                        instance_accuracy: Double(accuracy), feature_std: Double(featureStd),
                                         loss_at_chance: chance, eta_seconds: Double(total - step) / max(rate, 1e-9), knn_top1: nil,
                                         time: now.timeIntervalSince1970, precision: spec.precision)
-                try metrics.append(point)
+                try metrics?.append(point)
                 emit(.step(point))
                 if let every = spec.checkpoint.every_steps, step % every == 0 { try checkpointMidEpoch() }
-                if shouldStop() || stopAfterSteps.map({ step >= $0 }) == true {
+                // A stop request reaches the ranks at different moments: they stop together when any has one.
+                var stop = [Float(shouldStop() ? 1 : 0)]
+                if let ranks { try ranks.allReduceSum(&stop) }
+                if stop[0] > 0 || stopAfterSteps.map({ step >= $0 }) == true {
                     if lastCheckpointStep != step { try checkpointMidEpoch() }
                     return .stopped(step: step)
                 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Autograd
+import Collectives
 import Data
 import Foundation
 import Kernels
@@ -92,10 +93,18 @@ struct Train: ParsableCommand {
         if !machine.isEmpty { fail("\(SpecError(machine))") }
         let train = load(spec.data, data.roots, size: spec.augment.size)
         let eval = spec.eval.map { load($0.source, data.roots, size: spec.augment.size) }
+        // Under mpiexec (the spec's distributed.processes above 1) the ranks train together;
+        // rank 0 writes and reports, the others stay quiet.
+        var world: Communicator?
+        if spec.distributed.processes > 1 || Communicator.launchedByMPI() {
+            do { world = try Communicator.world() } catch { fail("\(error)") }
+        }
+        defer { if world != nil { Communicator.finalize() } }
+        let writer = (world?.rank ?? 0) == 0
         let outURL = URL(fileURLWithPath: out)
-        try FileManager.default.createDirectory(at: outURL, withIntermediateDirectories: true)
-        let progress = Progress(terminal: !plain && isatty(1) == 1)
-        let trainer = Trainer(spec: spec, train: train, eval: eval, outDirectory: outURL, workers: workers) { progress.handle($0) }
+        if writer { try FileManager.default.createDirectory(at: outURL, withIntermediateDirectories: true) }
+        let progress = Progress(terminal: !plain && isatty(1) == 1, quiet: !writer)
+        let trainer = Trainer(spec: spec, train: train, eval: eval, outDirectory: outURL, workers: workers, group: world) { progress.handle($0) }
         var resumeURL: URL?
         if let resume {
             if resume == "latest" {
@@ -107,7 +116,7 @@ struct Train: ParsableCommand {
         }
         progress.log("training \(spec.name): \(train.count) images \(train.height)x\(train.width)x\(train.channels), "
                      + "\(spec.model.arch.rawValue) width \(spec.model.width), mean \(trainer.mean) std \(trainer.std)")
-        if let eval, let e = spec.eval, !noBaseline {
+        if writer, let eval, let e = spec.eval, !noBaseline {
             let t0 = Date()
             let raw = Evaluation.rawPixelKNN(train: train, eval: eval, mean: trainer.mean, std: trainer.std, k: e.knn_k, t: e.knn_t)
             progress.log(String(format: "raw-pixel kNN top-1 (baseline): %.2f%% (%.1f s; --no-baseline skips it)", raw, Date().timeIntervalSince(t0)))
@@ -131,15 +140,20 @@ final class Progress: @unchecked Sendable {
     var lastLine = Date.distantPast
     var barShown = false
 
-    init(terminal: Bool) { self.terminal = terminal }
+    /// Prints nothing (the ranks of a distributed run other than 0).
+    let quiet: Bool
+
+    init(terminal: Bool, quiet: Bool = false) { self.terminal = terminal; self.quiet = quiet }
 
     func log(_ s: String) {
+        guard !quiet else { return }
         if barShown { print(""); barShown = false }
         print(s)
         fflush(nil)
     }
 
     func handle(_ e: TrainingEvent) {
+        guard !quiet else { return }
         switch e {
         case .started(let t, let start, let warnings):
             total = t

@@ -376,11 +376,11 @@ struct DataParallelStep: ParsableCommand {
         for _ in 0..<steps {
             try world.barrier()
             let t0 = now()
-            let (l, stats) = try model.trainStep(xq, xk, optimizer: opt, rng: &shuffle, group: world)
+            let r = try model.trainStep(xq, xk, optimizer: opt, rng: &shuffle, group: world)
             times.append(now() - t0)
-            reduceTimes.append(stats.seconds)
-            bytes = stats.bytes
-            loss = l
+            reduceTimes.append(r.allReduce.seconds)
+            bytes = r.allReduce.bytes
+            loss = r.loss
         }
         times.sort(); reduceTimes.sort()
         let median = times[times.count / 2]

@@ -41,6 +41,65 @@ import Testing
         try Data(labels).write(to: dir.appendingPathComponent("\(prefix)-labels-idx1-ubyte"))
     }
 
+    /// `mpiexec -n 2 moco train` with `distributed.processes` 2 trains the job as one process does
+    /// with the whole batch and `bn_splits` 2: the same losses (1e-4 relative) at every step, one
+    /// metrics file and one set of checkpoints (rank 0's). Under one process, a spec asking for two
+    /// is refused with the reason.
+    @Test func distributedTrainingMatchesOneProcess() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build moco first (swift build)")
+        let launcher = try #require(["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first { FileManager.default.isExecutableFile(atPath: $0) },
+                                    "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-mpi-\(UUID())")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("data"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try writeImages(to: dir.appendingPathComponent("data/imgs.npy"), count: 48)
+        func spec(_ processes: Int) throws -> String {
+            let text = """
+            {"name": "mpi", "data": {"format": "npy", "path": "imgs.npy"},
+             "model": {"arch": "resnet18", "stem": "cifar", "width": 4, "in_channels": 1, "dim": 8},
+             "moco": {"queue": 32, "momentum": 0.9, "temperature": 0.2, "bn_splits": 2},
+             "augment": {"preset": "v2", "size": 8}, "optim": {"batch_size": 16, "epochs": 2},
+             "checkpoint": {"every_epochs": 1, "keep_last": 5}, "threads": 1, "distributed": {"processes": \(processes)}}
+            """
+            let url = dir.appendingPathComponent("spec\(processes).json")
+            try Data(text.utf8).write(to: url)
+            return url.path
+        }
+        let root = dir.appendingPathComponent("data").path
+        let one = try moco(["train", "--config", spec(1), "--out", dir.appendingPathComponent("one").path, "--data-root", root, "--plain"])
+        #expect(one.status == 0, "\(one.err)")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: launcher)
+        p.arguments = ["-n", "2", "--oversubscribe", Self.exe.path, "train", "--config", try spec(2),
+                       "--out", dir.appendingPathComponent("two").path, "--data-root", root, "--plain"]
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "\(text) \(errors)")
+        #expect(text.components(separatedBy: "finished").count == 2, "rank 0 alone reports: \(text)")
+        func losses(_ run: String) throws -> [Double] {
+            try String(contentsOf: dir.appendingPathComponent("\(run)/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+                .compactMap { try JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)).loss }
+        }
+        let a = try losses("one"), b = try losses("two")
+        #expect(a.count == 6 && b.count == 6, "\(a) \(b)")
+        #expect(zip(a, b).allSatisfy { abs($0 - $1) <= 1e-4 * abs($0) }, "one process \(a), two \(b)")
+        let checkpoints = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("two/checkpoints").path)
+        #expect(checkpoints.filter { $0.hasSuffix(".safetensors") }.sorted() == ["ckpt-e0001-s00000003.safetensors", "ckpt-e0002-s00000006.safetensors"])
+        // Two processes asked for, one running: refused with the reason.
+        let alone = try moco(["train", "--config", spec(2), "--out", dir.appendingPathComponent("alone").path, "--data-root", root, "--plain"])
+        #expect(alone.status != 0 && alone.err.contains("mpiexec -n 2"), "\(alone.err)")
+    }
+
     /// eval, embed and export load the query encoder alone from a checkpoint; one without its
     /// `encoder_q.*` tensors is refused with the reason.
     @Test func evalEmbedExportFromACheckpoint() throws {
