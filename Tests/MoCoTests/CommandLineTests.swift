@@ -100,6 +100,62 @@ import Testing
         #expect(alone.status != 0 && alone.err.contains("mpiexec -n 2"), "\(alone.err)")
     }
 
+    /// A rank that dies brings the job's other ranks down (Open MPI's runtime notices the death):
+    /// kill -9 of rank 1 mid-training leaves no rank running within 30 s, and mpiexec fails.
+    @Test func killedRankBringsTheOthersDown() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build moco first (swift build)")
+        let launcher = try #require(["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first { FileManager.default.isExecutableFile(atPath: $0) },
+                                    "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-mpi-kill-\(UUID())")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("data"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try writeImages(to: dir.appendingPathComponent("data/imgs.npy"), count: 48)
+        let spec = """
+        {"name": "mpi-kill", "data": {"format": "npy", "path": "imgs.npy"},
+         "model": {"arch": "resnet18", "stem": "cifar", "width": 4, "in_channels": 1, "dim": 8},
+         "moco": {"queue": 32, "momentum": 0.9, "temperature": 0.2, "bn_splits": 2},
+         "augment": {"preset": "v2", "size": 8}, "optim": {"batch_size": 16, "epochs": 1000},
+         "checkpoint": {"every_epochs": 100}, "threads": 1, "distributed": {"processes": 2}}
+        """
+        try Data(spec.utf8).write(to: dir.appendingPathComponent("spec.json"))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: launcher)
+        p.arguments = ["-n", "2", "--oversubscribe", Self.exe.path, "train", "--config", dir.appendingPathComponent("spec.json").path,
+                       "--out", dir.appendingPathComponent("run").path, "--data-root", dir.appendingPathComponent("data").path, "--plain"]
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
+        p.environment = env
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        // Wait until both ranks train (metrics are being written), then kill rank 1's process.
+        let metrics = dir.appendingPathComponent("run/metrics.jsonl")
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, ((try? Data(contentsOf: metrics))?.count ?? 0) < 2000 { usleep(100_000) }
+        func ranks() -> [Int32] {
+            let text = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children", encoding: .utf8)) ?? ""
+            return text.split(separator: " ").compactMap { Int32($0) }
+        }
+        let pids = ranks()
+        try #require(pids.count == 2, "mpiexec's children: \(pids)")
+        let killed = Date()
+        kill(pids[1], SIGKILL)
+        while Date().timeIntervalSince(killed) < 30, pids.contains(where: { kill($0, 0) == 0 && !isZombie($0) }) { usleep(100_000) }
+        let gone = Date().timeIntervalSince(killed)
+        #expect(!pids.contains { kill($0, 0) == 0 && !isZombie($0) }, "a rank still runs \(gone) s after rank 1 was killed")
+        #expect(gone < 30)
+        while p.isRunning && Date().timeIntervalSince(killed) < 30 { usleep(100_000) }
+        #expect(!p.isRunning && p.terminationStatus != 0, "mpiexec should fail when a rank dies")
+    }
+
+    func isZombie(_ pid: Int32) -> Bool {
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+    }
+
     /// eval, embed and export load the query encoder alone from a checkpoint; one without its
     /// `encoder_q.*` tensors is refused with the reason.
     @Test func evalEmbedExportFromACheckpoint() throws {
