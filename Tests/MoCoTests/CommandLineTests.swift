@@ -98,6 +98,28 @@ import Testing
         // Two processes asked for, one running: refused with the reason.
         let alone = try moco(["train", "--config", spec(2), "--out", dir.appendingPathComponent("alone").path, "--data-root", root, "--plain"])
         #expect(alone.status != 0 && alone.err.contains("mpiexec -n 2"), "\(alone.err)")
+
+        // Resume from the 2-rank run's epoch-1 checkpoint, with 2 ranks and with 1 process (same
+        // global batch): both continue the run (steps 4-6) as it went.
+        let epoch1 = dir.appendingPathComponent("two/checkpoints/ckpt-e0001-s00000003.safetensors").path
+        let again = Process()
+        again.executableURL = URL(fileURLWithPath: launcher)
+        again.arguments = ["-n", "2", "--oversubscribe", Self.exe.path, "train", "--config", try spec(2),
+                           "--out", dir.appendingPathComponent("two-resumed").path, "--data-root", root, "--plain", "--resume", epoch1]
+        again.environment = env
+        again.standardOutput = FileHandle.nullDevice
+        again.standardError = FileHandle.nullDevice
+        try again.run()
+        again.waitUntilExit()
+        #expect(again.terminationStatus == 0)
+        let single = try moco(["train", "--config", spec(1), "--out", dir.appendingPathComponent("one-resumed").path, "--data-root", root,
+                               "--plain", "--resume", epoch1])
+        #expect(single.status == 0, "\(single.err)")
+        let tail = Array(b[3...])
+        let sameN = try losses("two-resumed"), otherN = try losses("one-resumed")
+        #expect(sameN.count == 3 && otherN.count == 3, "\(sameN) \(otherN)")
+        #expect(zip(sameN, tail).allSatisfy { abs($0 - $1) <= 1e-4 * abs($1) }, "2 ranks resumed \(sameN), straight \(tail)")
+        #expect(zip(otherN, tail).allSatisfy { abs($0 - $1) <= 1e-4 * abs($1) }, "1 process resumed \(otherN), straight \(tail)")
     }
 
     /// A rank that dies brings the job's other ranks down (Open MPI's runtime notices the death):
