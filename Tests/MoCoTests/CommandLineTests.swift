@@ -41,18 +41,39 @@ import Testing
         try Data(labels).write(to: dir.appendingPathComponent("\(prefix)-labels-idx1-ubyte"))
     }
 
+    /// `mpiexec -n 2 moco <arguments>` ready to run, allowed as root (CI), without CMA (containers).
+    func mpiexecMoco(_ arguments: [String]) throws -> Process {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build moco first (swift build)")
+        let launcher = try #require(["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first { FileManager.default.isExecutableFile(atPath: $0) },
+                                    "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: launcher)
+        p.arguments = ["-n", "2", "--oversubscribe", Self.exe.path] + arguments
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
+        p.environment = env
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        return p
+    }
+
+    /// A temporary folder with `data/imgs.npy` (48 gray 8x8 images).
+    func mpiFolder() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-mpi-\(UUID())")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("data"), withIntermediateDirectories: true)
+        try writeImages(to: dir.appendingPathComponent("data/imgs.npy"), count: 48)
+        return dir
+    }
+
     /// `mpiexec -n 2 moco train` with `distributed.processes` 2 trains the job as one process does
     /// with the whole batch and `bn_splits` 2: the same losses (1e-4 relative) at every step, one
     /// metrics file and one set of checkpoints (rank 0's). Under one process, a spec asking for two
     /// is refused with the reason.
     @Test func distributedTrainingMatchesOneProcess() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build moco first (swift build)")
-        let launcher = try #require(["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first { FileManager.default.isExecutableFile(atPath: $0) },
-                                    "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-mpi-\(UUID())")
-        try FileManager.default.createDirectory(at: dir.appendingPathComponent("data"), withIntermediateDirectories: true)
+        let dir = try mpiFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
-        try writeImages(to: dir.appendingPathComponent("data/imgs.npy"), count: 48)
         func spec(_ processes: Int) throws -> String {
             let text = """
             {"name": "mpi", "data": {"format": "npy", "path": "imgs.npy"},
@@ -68,15 +89,7 @@ import Testing
         let root = dir.appendingPathComponent("data").path
         let one = try moco(["train", "--config", spec(1), "--out", dir.appendingPathComponent("one").path, "--data-root", root, "--plain"])
         #expect(one.status == 0, "\(one.err)")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: launcher)
-        p.arguments = ["-n", "2", "--oversubscribe", Self.exe.path, "train", "--config", try spec(2),
-                       "--out", dir.appendingPathComponent("two").path, "--data-root", root, "--plain"]
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
-        p.environment = env
+        let p = try mpiexecMoco(["train", "--config", try spec(2), "--out", dir.appendingPathComponent("two").path, "--data-root", root, "--plain"])
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -102,13 +115,8 @@ import Testing
         // Resume from the 2-rank run's epoch-1 checkpoint, with 2 ranks and with 1 process (same
         // global batch): both continue the run (steps 4-6) as it went.
         let epoch1 = dir.appendingPathComponent("two/checkpoints/ckpt-e0001-s00000003.safetensors").path
-        let again = Process()
-        again.executableURL = URL(fileURLWithPath: launcher)
-        again.arguments = ["-n", "2", "--oversubscribe", Self.exe.path, "train", "--config", try spec(2),
-                           "--out", dir.appendingPathComponent("two-resumed").path, "--data-root", root, "--plain", "--resume", epoch1]
-        again.environment = env
-        again.standardOutput = FileHandle.nullDevice
-        again.standardError = FileHandle.nullDevice
+        let again = try mpiexecMoco(["train", "--config", try spec(2), "--out", dir.appendingPathComponent("two-resumed").path,
+                                     "--data-root", root, "--plain", "--resume", epoch1])
         try again.run()
         again.waitUntilExit()
         #expect(again.terminationStatus == 0)
@@ -125,13 +133,8 @@ import Testing
     /// A rank that dies brings the job's other ranks down (Open MPI's runtime notices the death):
     /// kill -9 of rank 1 mid-training leaves no rank running within 30 s, and mpiexec fails.
     @Test func killedRankBringsTheOthersDown() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build moco first (swift build)")
-        let launcher = try #require(["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first { FileManager.default.isExecutableFile(atPath: $0) },
-                                    "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-mpi-kill-\(UUID())")
-        try FileManager.default.createDirectory(at: dir.appendingPathComponent("data"), withIntermediateDirectories: true)
+        let dir = try mpiFolder()
         defer { try? FileManager.default.removeItem(at: dir) }
-        try writeImages(to: dir.appendingPathComponent("data/imgs.npy"), count: 48)
         let spec = """
         {"name": "mpi-kill", "data": {"format": "npy", "path": "imgs.npy"},
          "model": {"arch": "resnet18", "stem": "cifar", "width": 4, "in_channels": 1, "dim": 8},
@@ -140,17 +143,8 @@ import Testing
          "checkpoint": {"every_epochs": 100}, "threads": 1, "distributed": {"processes": 2}}
         """
         try Data(spec.utf8).write(to: dir.appendingPathComponent("spec.json"))
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: launcher)
-        p.arguments = ["-n", "2", "--oversubscribe", Self.exe.path, "train", "--config", dir.appendingPathComponent("spec.json").path,
-                       "--out", dir.appendingPathComponent("run").path, "--data-root", dir.appendingPathComponent("data").path, "--plain"]
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
-        p.environment = env
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
+        let p = try mpiexecMoco(["train", "--config", dir.appendingPathComponent("spec.json").path, "--out", dir.appendingPathComponent("run").path,
+                                 "--data-root", dir.appendingPathComponent("data").path, "--plain"])
         try p.run()
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         // Wait until both ranks train (metrics are being written), then kill rank 1's process.
