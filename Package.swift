@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Data", "Autograd", "TestSupport"]),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Worker", "HTTP", "Jobs", "Data", "NN", "MoCo", "Kernels", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "TestSupport"]),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "MoCoTests", dependencies: ["MoCo", "Data", "NN", "Autograd", "Kernels", "TestSupport"]),
     ],

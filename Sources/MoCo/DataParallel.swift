@@ -62,27 +62,27 @@ extension MoCoModel {
     }
 
     /// Every parameter's gradient summed across ranks and divided by their number: the gradients
-    /// are packed into one bucket, all-reduced in one call, and unpacked.
+    /// are packed into one bucket (a pooled buffer, so no step after the first allocates it),
+    /// all-reduced in one call, and unpacked.
     func averageGradients(_ parameters: [Tensor], group: Communicator) throws -> AllReduceStats {
         let grads = parameters.compactMap(\.grad)
         let total = grads.reduce(0) { $0 + $1.count }
-        var bucket = [Float](repeating: 0, count: total)
-        var offset = 0
-        bucket.withUnsafeMutableBufferPointer { b in
+        let scale = 1 / Float(group.size)
+        var elapsed = Duration.zero
+        try Buffer(byteCount: 4 * total).withUnsafeMutableFloats { (pool: UnsafeMutableBufferPointer<Float>) throws in
+            let bucket = UnsafeMutableBufferPointer(rebasing: pool[..<total])
+            var offset = 0
             for g in grads {
-                g.withUnsafeFloats { f in _ = UnsafeMutableBufferPointer(rebasing: b[offset..<(offset + g.count)]).update(fromContentsOf: f[..<g.count]) }
+                g.withUnsafeFloats { f in _ = UnsafeMutableBufferPointer(rebasing: bucket[offset..<(offset + g.count)]).update(fromContentsOf: f[..<g.count]) }
                 offset += g.count
             }
-        }
-        let started = ContinuousClock.now
-        try group.allReduceSum(&bucket)
-        let elapsed = ContinuousClock.now - started
-        let scale = 1 / Float(group.size)
-        offset = 0
-        bucket.withUnsafeBufferPointer { b in
+            let started = ContinuousClock.now
+            try group.allReduceSum(bucket)
+            elapsed = ContinuousClock.now - started
+            offset = 0
             for g in grads {
                 let n = g.count
-                g.withUnsafeMutableFloats { f in for i in 0..<n { f[i] = b[offset + i] * scale } }
+                g.withUnsafeMutableFloats { f in for i in 0..<n { f[i] = bucket[offset + i] * scale } }
                 offset += n
             }
         }

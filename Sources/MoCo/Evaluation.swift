@@ -21,15 +21,18 @@ public enum Evaluation {
         var out = [Float](repeating: 0, count: ds.count * f)
         var rng = SeededGenerator(seed: 0)   // unused by preset none
         var start = 0
-        while start < ds.count {
-            let n = min(batch, ds.count - start)
-            let x = Tensor(uninitialized: [n, ds.channels, ds.height, ds.width])
-            x.withUnsafeMutableFloats { dst in
-                for i in 0..<n { Augment.view(ds, start + i, cfg, rng: &rng, into: dst.baseAddress! + i * per) }
+        // One scope for the whole pass: the weights do not change, so bf16 casts them once.
+        Autocast.with(precision) {
+            while start < ds.count {
+                let n = min(batch, ds.count - start)
+                let x = Tensor(uninitialized: [n, ds.channels, ds.height, ds.width])
+                x.withUnsafeMutableFloats { dst in
+                    for i in 0..<n { Augment.view(ds, start + i, cfg, rng: &rng, into: dst.baseAddress! + i * per) }
+                }
+                let y = GradMode.withNoGrad { encoder.features(x) }.toArray()
+                out.replaceSubrange((start * f)..<((start + n) * f), with: y)
+                start += n
             }
-            let y = GradMode.withNoGrad { Autocast.with(precision) { encoder.features(x) } }.toArray()
-            out.replaceSubrange((start * f)..<((start + n) * f), with: y)
-            start += n
         }
         return out
     }

@@ -122,7 +122,14 @@ public final class Trainer {
         if processes > 1 && group?.size != processes {
             throw SpecError([FieldIssue("distributed.processes", "is \(processes) but \(group?.size ?? 1) process(es) run this job: start it with mpiexec -n \(processes)")])
         }
-        let shard = ranks.flatMap { BatchShard(rank: $0.rank, ranks: $0.size, globalBatch: spec.optim.batch_size) }
+        var shard: BatchShard?
+        if let ranks {
+            // The spec's validation makes the batch split; a batch that does not is refused, never trained whole.
+            guard let s = BatchShard(rank: ranks.rank, ranks: ranks.size, globalBatch: spec.optim.batch_size) else {
+                throw SpecError([FieldIssue("distributed.processes", "must divide optim.batch_size (\(spec.optim.batch_size))")])
+            }
+            shard = s
+        }
         if isWriter {
             try FileManager.default.createDirectory(at: store.directory, withIntermediateDirectories: true)
             store.removeLeftovers()

@@ -94,7 +94,7 @@ struct GEMMBench: ParsableCommand {
         Runtime.setThreads(threads)
         var rng = SeededGenerator(seed: 1)
         let a = Tensor.randn([n, n], using: &rng), b = Tensor.randn([n, n], using: &rng), c = Tensor.zeros([n, n])
-        let ha = a.cast(to: .bf16), hb = b.cast(to: .bf16)
+        let (ha, hb) = precision == .bf16 ? (a.cast(to: .bf16), b.cast(to: .bf16)) : (a, b)
         func once() {
             if precision == .bf16 {
                 MatMulKernel.gemm(transA: false, transB: false, m: n, n: n, k: n, a: ha.buffer, .bf16, lda: n,
@@ -137,21 +137,25 @@ struct Step: ParsableCommand {
     @Flag(help: "Run ReLUs as separate passes instead of fused into batch norm and the residual add.") var noFusion = false
     @Option(help: "fp32, or bf16 mixed precision (as PyTorch's CPU autocast).") var precision: Precision = .fp32
 
+    /// MoCo v2 as `moco train` builds it (MLP head, t 0.2, m 0.999, SGD 0.03/0.9/1e-4).
+    static func mocoV2(config: ResNetConfig, queue: Int, bnSplits: Int, rng: inout SeededGenerator) -> (MoCoModel, SGD) {
+        let model = MoCoModel(config: config, mlpHidden: nil, queueSize: queue, momentum: 0.999, temperature: 0.2, bnSplits: bnSplits,
+                              symmetric: false, rng: &rng)
+        return (model, SGD(parameters: model.encoderQ.parameters(), learningRate: 0.03, momentum: 0.9, weightDecay: 1e-4))
+    }
+
     func run() throws {
         Runtime.setThreads(threads)
         var rng = SeededGenerator(seed: 0)
         let dim = 128
         let k = (queue + batch - 1) / batch * batch
         let config = ResNetConfig(arch: arch, stem: stem, width: width, inChannels: channels, numClasses: dim)
-        // MoCo v2 as `moco train` builds it (MLP head, t 0.2, m 0.999, SGD 0.03/0.9/1e-4), and
-        // the trainer's own step: the same code path a job runs, not a copy of it.
-        let model = MoCoModel(config: config, mlpHidden: nil, queueSize: k, momentum: 0.999, temperature: 0.2, bnSplits: groups,
-                              symmetric: false, rng: &rng)
+        // The trainer's own step: the same code path a job runs, not a copy of it.
+        let (model, opt) = Self.mocoV2(config: config, queue: k, bnSplits: groups, rng: &rng)
         model.encoderQ.fused = !noFusion
         model.encoderK.fused = !noFusion
         model.precision = precision
         let encoderQ = model.encoderQ
-        let opt = SGD(parameters: encoderQ.parameters(), learningRate: 0.03, momentum: 0.9, weightDecay: 1e-4)
         let xq = Tensor.randn([batch, channels, size, size], using: &rng)
         let xk = Tensor.randn([batch, channels, size, size], using: &rng)
         var shuffle = SeededGenerator(seed: 1)
@@ -362,9 +366,7 @@ struct DataParallelStep: ParsableCommand {
         var rng = SeededGenerator(seed: 0)
         let k = (queue + batch - 1) / batch * batch
         let config = ResNetConfig(arch: .resnet18, stem: .cifar, width: width, inChannels: channels, numClasses: 128)
-        let model = MoCoModel(config: config, mlpHidden: nil, queueSize: k, momentum: 0.999, temperature: 0.2, bnSplits: 1,
-                              symmetric: false, rng: &rng)
-        let opt = SGD(parameters: model.encoderQ.parameters(), learningRate: 0.03, momentum: 0.9, weightDecay: 1e-4)
+        let (model, opt) = Step.mocoV2(config: config, queue: k, bnSplits: 1, rng: &rng)
         var data = SeededGenerator(seed: 10 + UInt64(world.rank))
         let xq = Tensor.randn([shard.localBatch, channels, size, size], using: &data)
         let xk = Tensor.randn([shard.localBatch, channels, size, size], using: &data)

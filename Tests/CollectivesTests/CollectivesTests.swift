@@ -1,5 +1,6 @@
 import Collectives
 import Foundation
+import TestSupport
 import Testing
 
 /// MPI through Open MPI: the pure batch split, then the collectives across two real ranks
@@ -45,18 +46,7 @@ import Testing
     /// Runs the built `mocobench` with `arguments` on 2 ranks and returns rank 0's JSON line.
     func mpiexec2(_ arguments: [String]) throws -> [String: Any] {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let exe = root.appendingPathComponent(".build/debug/mocobench")
-        try #require(FileManager.default.isExecutableFile(atPath: exe.path), "build mocobench first (swift build)")
-        let mpiexec = ["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first { FileManager.default.isExecutableFile(atPath: $0) }
-        let launcher = try #require(mpiexec, "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: launcher)
-        p.arguments = ["-n", "2", "--oversubscribe", exe.path] + arguments
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"            // CI runs as root
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"   // containers often forbid CMA
-        p.environment = env
+        let p = try mpiexec(root.appendingPathComponent(".build/debug/mocobench"), arguments)
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

@@ -2,6 +2,7 @@ import Data
 import Foundation
 import MoCo
 import NN
+import TestSupport
 import Testing
 
 /// The `moco` executable end to end on a tiny NPY dataset: train, export, embed, eval.
@@ -41,23 +42,8 @@ import Testing
         try Data(labels).write(to: dir.appendingPathComponent("\(prefix)-labels-idx1-ubyte"))
     }
 
-    /// `mpiexec -n 2 moco <arguments>` ready to run, allowed as root (CI), without CMA (containers).
-    func mpiexecMoco(_ arguments: [String]) throws -> Process {
-        try #require(FileManager.default.isExecutableFile(atPath: Self.exe.path), "build moco first (swift build)")
-        let launcher = try #require(["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first { FileManager.default.isExecutableFile(atPath: $0) },
-                                    "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: launcher)
-        p.arguments = ["-n", "2", "--oversubscribe", Self.exe.path] + arguments
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
-        p.environment = env
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        return p
-    }
+    /// `mpiexec -n 2 moco <arguments>`, ready to run.
+    func mpiexecMoco(_ arguments: [String]) throws -> Process { try mpiexec(Self.exe, arguments) }
 
     /// A temporary folder with `data/imgs.npy` (48 gray 8x8 images).
     func mpiFolder() throws -> URL {

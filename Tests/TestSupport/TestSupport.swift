@@ -101,3 +101,27 @@ public func gradientCheck(_ inputs: [Tensor], step h: Float = 1e-2, samples: Int
     }
     return result
 }
+
+/// `mpiexec -n <ranks> <executable> <arguments>`, configured and not yet run: allowed as root (CI
+/// runs as root) and without cross-memory attach (containers often forbid it); output discarded
+/// unless the caller sets pipes. Throws when the build or Open MPI's launcher is missing.
+public func mpiexec(_ executable: URL, ranks: Int = 2, _ arguments: [String]) throws -> Process {
+    struct Missing: Error, CustomStringConvertible { let description: String }
+    guard FileManager.default.isExecutableFile(atPath: executable.path) else {
+        throw Missing(description: "build \(executable.lastPathComponent) first (swift build)")
+    }
+    guard let launcher = ["/usr/bin/mpiexec", "/usr/local/bin/mpiexec"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        throw Missing(description: "mpiexec not found: install openmpi-bin (scripts/install-deps.sh)")
+    }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: launcher)
+    p.arguments = ["-n", String(ranks), "--oversubscribe", executable.path] + arguments
+    var env = ProcessInfo.processInfo.environment
+    env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+    env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
+    p.environment = env
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    return p
+}
