@@ -229,11 +229,15 @@ struct CollectivesBench: ParsableCommand {
         abstract: "Under mpiexec: checks MPI all-reduce/all-gather/broadcast and times an all-reduce.")
     @Option(help: "Floats in the timed all-reduce (ResNet-18 width 32 has about 2.8 M parameters).") var floats = 2_800_000
     @Option var repeats = 5
+    @Option(help: "A rank that sleeps instead of joining the first all-reduce (to see the others give up).") var hangRank: Int?
+    @Option(help: "Seconds a rank may wait in one collective (the job spec's distributed.timeout_s).") var waitLimit: Double?
 
     func run() throws {
         let world = try Communicator.world()
         defer { Communicator.finalize() }
         let (rank, size) = (world.rank, world.size)
+        if let waitLimit { world.limitWaiting(seconds: waitLimit) }
+        if hangRank == rank { sleep(120) }
         var problems: [String] = []
         // All-reduce: rank r contributes (r + 1) * (i + 1); the sum is (i + 1) * size(size+1)/2.
         var values = (0..<1000).map { Float(rank + 1) * Float($0 + 1) }
@@ -247,6 +251,15 @@ struct CollectivesBench: ParsableCommand {
         var perm: [Int32] = rank == 0 ? [3, 1, 2, 0] : [0, 0, 0, 0]
         try world.broadcast(&perm, root: 0)
         if perm != [3, 1, 2, 0] { problems.append("broadcast") }
+        // Bytes of a length only the root knows (the spec and a checkpoint reach the ranks so).
+        let bytes = try world.broadcastBytes(rank == 0 ? Array("spec of rank 0".utf8) : nil)
+        if bytes != Array("spec of rank 0".utf8) { problems.append("broadcast-bytes") }
+        // Agreeing on a failure: none, then the lowest failing rank's host and message on every rank.
+        if try world.firstFailure(nil) != nil { problems.append("first-failure-none") }
+        let failure = try world.firstFailure(rank >= 1 ? "no data on rank \(rank)" : nil)
+        if size > 1, failure != Communicator.RankFailure(rank: 1, host: Communicator.hostName, message: "no data on rank 1") {
+            problems.append("first-failure")
+        }
         // Timed all-reduce of a gradient-sized buffer.
         var grads = [Float](repeating: 1, count: floats)
         try world.barrier()

@@ -15,6 +15,15 @@ import Testing
         #expect(BatchShard(rank: 0, ranks: 1, globalBatch: 64)?.range == 0..<64)
     }
 
+    /// A collective has waited too long only while one runs and past the limit.
+    @Test func waitLimit() {
+        let limit = WaitLimit(seconds: 5)
+        #expect(!limit.expired(enteredAt: 0, now: 100_000_000_000), "no collective running")
+        #expect(!limit.expired(enteredAt: 1_000_000_000, now: 6_000_000_000), "exactly the limit")
+        #expect(limit.expired(enteredAt: 1_000_000_000, now: 6_000_000_001))
+        #expect(WaitLimit.now() > 0)
+    }
+
     @Test func launcherIsDetectedFromItsEnvironment() {
         #expect(Communicator.launchedByMPI(["OMPI_COMM_WORLD_SIZE": "2"]))
         #expect(Communicator.launchedByMPI(["PMI_SIZE": "4"]))
@@ -27,6 +36,23 @@ import Testing
         let json = try mpiexec2(["collectives", "--floats", "100000", "--repeats", "3"])
         #expect(json["ranks"] as? Int == 2 && json["ok"] as? Bool == true, "\(json)")
         #expect((json["checks_failed"] as? [String])?.isEmpty == true)
+    }
+
+    /// A rank that waits in a collective past its limit gives up (status 70, with a report on
+    /// standard error) instead of hanging with the others: rank 1 sleeps before its all-reduce.
+    @Test func aHungRankIsGivenUpOn() throws {
+        let started = Date()
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let p = try mpiexec(root.appendingPathComponent(".build/debug/mocobench"), ["collectives", "--hang-rank", "1", "--wait-limit", "2"])
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        let seconds = Date().timeIntervalSince(started)
+        #expect(p.terminationStatus != 0)
+        #expect(errors.contains("rank 0 on") && errors.contains("waited more than 2.0 s in MPI_Allreduce"), "\(errors)")
+        #expect(seconds < 30, "took \(seconds) s")
     }
 
     /// The equivalence: 2 ranks of 32 images against one process with 64 images and
