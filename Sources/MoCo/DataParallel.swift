@@ -36,7 +36,7 @@ extension MoCoModel {
         guard mean.isFinite else { return result }
         optimizer.zeroGrad()
         loss.backward()
-        result.allReduce = try averageGradients(optimizer.parameters, group: group)
+        result.allReduce = try averageGradients(optimizer.parameters, buffers: runningStatistics, group: group)
         optimizer.step()
         enqueue(keys)
         return result
@@ -61,11 +61,18 @@ extension MoCoModel {
         return (gatherRows(global, Array((group.rank * b)..<((group.rank + 1) * b))), global)
     }
 
-    /// Every parameter's gradient summed across ranks and divided by their number: the gradients
-    /// are packed into one bucket (a pooled buffer, so no step after the first allocates it),
-    /// all-reduced in one call, and unpacked.
-    func averageGradients(_ parameters: [Tensor], group: Communicator) throws -> AllReduceStats {
-        let grads = parameters.compactMap(\.grad)
+    /// Both encoders' batch-norm running statistics. Each rank updates them from its own block;
+    /// the update is linear, so their mean across ranks is what one process with one split per
+    /// rank keeps (DDP instead copies rank 0's, which saw only its block).
+    var runningStatistics: [Tensor] {
+        (encoderQ.stateEntries() + encoderK.stateEntries()).compactMap { if case .buffer(_, let t) = $0 { t } else { nil } }
+    }
+
+    /// Every parameter's gradient, and every tensor of `buffers`, summed across ranks and divided
+    /// by their number: packed into one bucket (a pooled buffer, so no step after the first
+    /// allocates it), all-reduced in one call, and unpacked.
+    func averageGradients(_ parameters: [Tensor], buffers: [Tensor] = [], group: Communicator) throws -> AllReduceStats {
+        let grads = parameters.compactMap(\.grad) + buffers
         let total = grads.reduce(0) { $0 + $1.count }
         let scale = 1 / Float(group.size)
         var elapsed = Duration.zero

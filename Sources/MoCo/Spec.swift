@@ -105,6 +105,10 @@ public struct JobSpec: Codable, Sendable, Equatable {
     /// global batch (`optim.batch_size` stays the global batch).
     public struct Distributed: Codable, Sendable, Equatable {
         public var processes: Int
+        /// The longest a rank waits in one collective for the others before it gives up and the
+        /// job restarts (a hung rank must not hold the rest forever). It must cover rank 0's
+        /// evaluations and checkpoints, which the others wait through.
+        public var timeout_s: Int
     }
 
     public var name: String
@@ -146,7 +150,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             "seed": 0,
             "threads": 2,
             "precision": "fp32",
-            "distributed": ["processes": 1] as [String: Any],
+            "distributed": ["processes": 1, "timeout_s": 300] as [String: Any],
             "max_restarts": 2,
         ]
     }
@@ -259,7 +263,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         "data.limit", "eval.limit", "eval.knn_k", "eval.every_epochs", "model.width", "model.in_channels", "model.dim",
         "model.mlp_hidden", "moco.queue", "moco.bn_splits", "augment.size", "optim.batch_size", "optim.epochs",
         "optim.milestones[]", "optim.warmup_epochs", "checkpoint.every_epochs", "checkpoint.every_steps",
-        "checkpoint.keep_last", "checkpoint.keep_best", "seed", "threads", "max_restarts", "distributed.processes",
+        "checkpoint.keep_last", "checkpoint.keep_best", "seed", "threads", "max_restarts", "distributed.processes", "distributed.timeout_s",
     ]
 
     /// Numbers the decoder would reject without naming the field (a fraction for an integer, a
@@ -386,6 +390,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             }
         }
         let processes = distributed.processes
+        need(between(distributed.timeout_s, 5, 86_400), "distributed.timeout_s", "must be between 5 and 86400 seconds")
         if need(between(processes, 1, 256), "distributed.processes", "must be between 1 and 256"), processes > 1 {
             if batchOK { need(optim.batch_size % processes == 0, "distributed.processes", "must divide optim.batch_size (\(optim.batch_size))") }
             if splitsOK {

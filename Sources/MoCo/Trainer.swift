@@ -115,6 +115,20 @@ public final class Trainer {
     /// Trains until the last epoch, a stop request (checked between steps), `stopAfterSteps`
     /// total steps, or a fault. `resume` continues from a checkpoint exactly where it stood.
     public func run(resume: URL? = nil, stopAfterSteps: Int? = nil, shouldStop: () -> Bool = { false }) throws -> TrainingOutcome {
+        let checkpoint = try resume.map { ResumePoint(name: $0.lastPathComponent, file: try SafeTensorsFile.read(from: $0)) }
+        return try run(resuming: checkpoint, stopAfterSteps: stopAfterSteps, shouldStop: shouldStop)
+    }
+
+    /// A checkpoint to continue from, already read (a distributed worker's rank 0 reads it and
+    /// hands it to the other ranks, which need not see the job's directory).
+    public struct ResumePoint {
+        public var name: String
+        public var file: SafeTensorsFile
+        public init(name: String, file: SafeTensorsFile) { self.name = name; self.file = file }
+    }
+
+    /// `run(resume:)` from a checkpoint already read.
+    public func run(resuming resume: ResumePoint?, stopAfterSteps: Int? = nil, shouldStop: () -> Bool = { false }) throws -> TrainingOutcome {
         Runtime.setThreads(spec.threads)
         let preflight = try Preflight.check(spec, train: train, eval: eval)
         let processes = spec.distributed.processes
@@ -129,7 +143,10 @@ public final class Trainer {
                 throw SpecError([FieldIssue("distributed.processes", "must divide optim.batch_size (\(spec.optim.batch_size))")])
             }
             shard = s
+            // No collective waits forever for a rank that hangs.
+            ranks.limitWaiting(seconds: Double(spec.distributed.timeout_s))
         }
+        defer { ranks?.stopWatching() }
         if isWriter {
             try FileManager.default.createDirectory(at: store.directory, withIntermediateDirectories: true)
             store.removeLeftovers()
@@ -140,11 +157,11 @@ public final class Trainer {
         var bestKNN: Double?
         var resumedEvalDue = false
         if let resume {
-            let info = try Checkpoint.restore(SafeTensorsFile.read(from: resume), model: model, optimizer: opt, rng: &shuffleRNG)
+            let info = try Checkpoint.restore(resume.file, model: model, optimizer: opt, rng: &shuffleRNG)
             step = info.step
             bestKNN = info.knnTop1
             resumedEvalDue = info.evalDue
-            emit(.message("resumed from \(resume.lastPathComponent) at step \(step)" + (info.evalDue ? " (its epoch's evaluation is still due)" : "")))
+            emit(.message("resumed from \(resume.name) at step \(step)" + (info.evalDue ? " (its epoch's evaluation is still due)" : "")))
         }
         let loader = BatchLoader(dataset: train, augment: augmentConfig, batchSize: spec.optim.batch_size, views: 2,
                                  seed: spec.seed, workers: workers, shard: shard?.range)
