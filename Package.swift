@@ -47,7 +47,7 @@ let package = Package(
         // Daemon: the API handlers joining HTTP, Jobs and MoCo.
         // Worker: one job's process (the trainer's shell) and its protocol to the daemon.
         .target(name: "CProcess"),
-        .target(name: "Worker", dependencies: ["MoCo", "Data", "Kernels", "CProcess"]),
+        .target(name: "Worker", dependencies: ["MoCo", "Data", "Kernels", "NN", "Collectives", "CProcess"]),
         .target(name: "Daemon", dependencies: ["HTTP", "Jobs", "MoCo", "Autograd", "Worker", "CProcess", "Data", "NN", "Kernels",
                                                .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "mocod", dependencies: ["Daemon", "Worker", "HTTP", "Jobs", "Kernels",

@@ -22,7 +22,14 @@ extension Scheduler {
         if spec.augment.size > 256 { issues.append(FieldIssue("augment.size", "must be at most 256 on this daemon")) }
         if spec.optim.epochs > 1000 { issues.append(FieldIssue("optim.epochs", "must be at most 1000 on this daemon")) }
         if spec.distributed.processes > 1 {
-            issues.append(FieldIssue("distributed.processes", "above 1 is not run by the daemon yet: train the job with mpiexec -n \(spec.distributed.processes) moco train"))
+            if let mpi = settings.mpi {
+                let slots = mpi.hosts.reduce(0) { $0 + $1.slots }
+                if spec.distributed.processes > slots {
+                    issues.append(FieldIssue("distributed.processes", "must be at most \(slots), the MPI slots of this daemon's hostfile"))
+                }
+            } else {
+                issues.append(FieldIssue("distributed.processes", "must be 1: this daemon runs no distributed jobs (start it with --mpi-hostfile)"))
+            }
         }
         if spec.threads > settings.threads { issues.append(FieldIssue("threads", "must be at most \(settings.threads) (the daemon's thread budget)")) }
         let memory = Self.estimatedMemoryBytes(spec)

@@ -55,7 +55,7 @@ public final class Scheduler: @unchecked Sendable {
             }
             cores = Array(allowed.prefix(settings.threads))
         }
-        machine = Scheduling(maxRunning: settings.maxRunning, cores: cores)
+        machine = Scheduling(maxRunning: settings.maxRunning, cores: cores, slots: settings.mpi.map { SlotPool(hosts: $0.hosts) })
         // Commands go to workers over pipes: a worker that died must not take the daemon with it.
         signal(SIGPIPE, SIG_IGN)
     }
@@ -90,8 +90,8 @@ public final class Scheduler: @unchecked Sendable {
         var work = actions[...]
         while let action = work.popFirst() {
             switch action {
-            case .launch(let id, _, let cores):
-                if let refused = launch(id, cores: cores) { work += decide(refused) }
+            case .launch(let id, _, let cores, let hosts):
+                if let refused = launch(id, cores: cores, hosts: hosts) { work += decide(refused) }
             case .stop(let id, let event):
                 lock.lock(); let worker = workers[id]; lock.unlock()
                 worker?.send(Self.command(for: event))
@@ -112,7 +112,7 @@ public final class Scheduler: @unchecked Sendable {
     /// Marks the job running and starts its thread. A job the store will not start returns the
     /// input that says so: dropped when it is no longer queued there, else (the store cannot be
     /// written) put back, with launches retried a second later.
-    private func launch(_ id: String, cores: [Int]?) -> Scheduling.Input? {
+    private func launch(_ id: String, cores: [Int]?, hosts: [HostSlots]?) -> Scheduling.Input? {
         let job: JobRecord
         do { job = try store.apply(.start, to: id, reason: "scheduled") } catch {
             logger.warning("job not started", metadata: ["job.id": "\(id)", "error": "\(error)"])
@@ -121,7 +121,7 @@ public final class Scheduler: @unchecked Sendable {
             return .launchRefused(id, retry: true)
         }
         publishState(job, reason: "scheduled")
-        launcher.start(name: "mocod-job") { [self] in runJob(job, cores: cores) }
+        launcher.start(name: "mocod-job") { [self] in runJob(job, cores: cores, hosts: hosts) }
         return nil
     }
 
@@ -137,7 +137,7 @@ public final class Scheduler: @unchecked Sendable {
     static func queued(_ j: JobRecord) -> Scheduling.Queued {
         let spec = try? JobSpec.parse(Data(j.spec.utf8))
         return Scheduling.Queued(id: j.id, priority: j.priority, seq: j.seq ?? 0, threads: spec?.threads ?? 1,
-                                 restarts: j.restarts, maxRestarts: spec?.max_restarts ?? 0)
+                                 restarts: j.restarts, maxRestarts: spec?.max_restarts ?? 0, processes: spec?.distributed.processes ?? 1)
     }
 
     // MARK: - Health
@@ -285,7 +285,7 @@ public final class Scheduler: @unchecked Sendable {
 
     // MARK: - Running one job (on its own thread)
 
-    private func runJob(_ job: JobRecord, cores held: [Int]?) {
+    private func runJob(_ job: JobRecord, cores held: [Int]?, hosts: [HostSlots]?) {
         // New threads inherit their creator's scheduling class and nice value. Job threads are
         // started by the launcher thread (normal priority), never by an HTTP thread (which runs
         // at a lower priority); the worker processes they start inherit it too.
@@ -306,7 +306,7 @@ public final class Scheduler: @unchecked Sendable {
             try SafeTensorsFile.writeDurably(Data(job.spec.utf8), to: dir.appendingPathComponent("spec.json"))
             recorder.syncCheckpointsOnDisk(spec)
             recorder.syncMetricsOnDisk(spec)
-            end = runWorker(recorder, cores: held)
+            end = runWorker(recorder, cores: held, hosts: hosts)
         } catch {
             end = .failed("\(error)")
         }
@@ -321,7 +321,7 @@ public final class Scheduler: @unchecked Sendable {
                 do { try store.updateProgress(id) { $0.restarts = attempt } } catch { fault(id, error, while: "record the restart count", log: log) }
                 recorder.appendLog("restarting the worker from the newest valid checkpoint (restart \(attempt) of \(max))")
                 publish(id, JobStreamEvent(.restart, JobStreamEvent.RestartData(reason: reason, restart: attempt, max_restarts: max)))
-                end = runWorker(recorder, cores: held)
+                end = runWorker(recorder, cores: held, hosts: hosts)
             case .end(_, let event, let reason):
                 endJob(id, event, reason: publicReason(reason, job: id), log: log)
                 feed(.coresFreed(id))
@@ -334,10 +334,10 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// Runs the job's worker once and reports how it ended.
-    private func runWorker(_ recorder: JobRecorder, cores: [Int]?) -> WorkerEnd {
+    private func runWorker(_ recorder: JobRecorder, cores: [Int]?, hosts: [HostSlots]?) -> WorkerEnd {
         let id = recorder.id
-        let exit = WorkerLaunch(command: settings.workerCommand, dataRoots: settings.dataRoots).run(
-            directory: recorder.directory, cores: cores, log: recorder.log,
+        let exit = WorkerLaunch(command: settings.workerCommand, dataRoots: settings.dataRoots, mpi: settings.mpi).run(
+            directory: recorder.directory, cores: cores, hosts: hosts, log: recorder.log,
             started: { worker in
                 lock.lock()
                 workers[id] = worker

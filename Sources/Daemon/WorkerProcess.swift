@@ -1,4 +1,5 @@
 import Foundation
+import Jobs
 import Logging
 import Worker
 #if canImport(Glibc)
@@ -10,6 +11,8 @@ import Glibc
 struct WorkerLaunch {
     let command: [String]
     let dataRoots: [String]
+    /// How distributed jobs' ranks are started (nil: the daemon runs none).
+    var mpi: MPISettings? = nil
 
     /// How a worker process ended: its last event if it ended normally, else why not.
     struct Exit {
@@ -17,17 +20,33 @@ struct WorkerLaunch {
         var description: String
     }
 
-    /// Runs the worker for the job in `directory` (pinned to `cores`, if any): `started` gets its
-    /// command channel once it runs, `onEvent` each event it reports, in order. Returns when it
-    /// has exited.
-    func run(directory: URL, cores: [Int]?, log: Logger, started: (WorkerHandle) -> Void,
+    /// The command line of the job in `directory`: its worker pinned to `cores` (if any), or,
+    /// on `hosts`, mpiexec running a worker per slot (their parent is mpiexec, not the daemon,
+    /// which ties mpiexec to its own life instead).
+    func commandLine(directory: URL, cores: [Int]?, hosts: [HostSlots]?) -> [String] {
+        var args = command + ["--job-dir", directory.path]
+        for r in dataRoots { args += ["--data-root", r] }
+        guard let hosts, let mpi else {
+            args += ["--parent", String(getpid())]
+            if let cores { args += ["--cores", cores.map(String.init).joined(separator: ",")] }
+            return args
+        }
+        return mpi.command(placement: hosts, worker: args, parent: getpid(), asRoot: getuid() == 0)
+    }
+
+    /// Runs the worker for the job in `directory` (pinned to `cores`, if any; a distributed
+    /// job's ranks on `hosts`): `started` gets its command channel once it runs, `onEvent` each
+    /// event it reports, in order. Returns when it has exited.
+    func run(directory: URL, cores: [Int]?, hosts: [HostSlots]? = nil, log: Logger, started: (WorkerHandle) -> Void,
              onEvent: (WorkerEvent) -> Void) -> Exit {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: command[0])
-        var args = Array(command.dropFirst()) + ["--job-dir", directory.path, "--parent", String(getpid())]
-        for r in dataRoots { args += ["--data-root", r] }
-        if let cores { args += ["--cores", cores.map(String.init).joined(separator: ",")] }
-        p.arguments = args
+        let line = commandLine(directory: directory, cores: cores, hosts: hosts)
+        p.executableURL = URL(fileURLWithPath: line[0])
+        p.arguments = Array(line.dropFirst())
+        if let hosts {
+            let ranks = hosts.reduce(0) { $0 + $1.slots }
+            appendLog("starting \(ranks) ranks with mpiexec on \(HostSlots.hostList(hosts))", directory)
+        }
         let input = Pipe(), output = Pipe()
         p.standardInput = input
         p.standardOutput = output
@@ -62,14 +81,27 @@ struct WorkerLaunch {
         p.waitUntilExit()
         handle.close()
         let status = p.terminationStatus
+        // The worker said how its run ended (a distributed job's ranks may then be taken down
+        // with a non-zero status: rank 0 failed alone and aborted the others).
+        let clean = p.terminationReason == .exit && status == 0
+        if hosts != nil && !clean {
+            // Rank 0 may have stopped cleanly (asked to by mpiexec's SIGTERM) because another
+            // rank died: that is the other rank's abnormal end, not a stop anyone asked for.
+            let how = p.terminationReason == .uncaughtSignal ? "was killed by signal \(status)" : "exited with status \(status)"
+            if last == nil || last?.kind == .stopped {
+                return Exit(last: nil, description: "mpiexec \(how): a rank ended before the run did (worker.log has mpiexec's account)")
+            }
+        }
+        if let last { return Exit(last: last, description: "") }
         if p.terminationReason == .uncaughtSignal {
             let name = String(cString: strsignal(status))
             let hint = status == SIGKILL ? " (out of memory?)" : ""
             return Exit(last: nil, description: "killed by signal \(status) (\(name))\(hint)")
         }
-        if status != 0 || last == nil { return Exit(last: nil, description: "exited with status \(status) without finishing its run") }
-        return Exit(last: last, description: "")
+        return Exit(last: nil, description: "exited with status \(status) without finishing its run")
     }
+
+    private func appendLog(_ line: String, _ directory: URL) { JobLog.append(line, to: directory) }
 }
 
 /// Splits a byte stream into newline-terminated lines (the worker protocol's framing).

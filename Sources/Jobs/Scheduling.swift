@@ -8,6 +8,10 @@
 ///   than cut a job's threads or skip ahead of it.
 /// - A job holds its slot and cores from its launch until the shell reports its end recorded
 ///   (`coresFreed`).
+/// - A distributed job (more than one process) takes as many MPI slots as it has ranks from the
+///   `SlotPool` instead of local cores, and waits at the head of the queue until they are free.
+///   One that needs more slots than the daemon has (its hostfile shrank since it was queued)
+///   fails with the reason rather than block the queue.
 /// - An abnormal worker exit restarts the worker (`Supervision.decide`) up to the job's limit;
 ///   the count is the job's own and survives daemon restarts through the store.
 public struct Scheduling: Sendable, Equatable {
@@ -21,9 +25,11 @@ public struct Scheduling: Sendable, Equatable {
         /// Restarts the job has used so far (across daemon restarts).
         public var restarts: Int
         public var maxRestarts: Int
-        public init(id: String, priority: Int = 0, seq: Int64, threads: Int = 1, restarts: Int = 0, maxRestarts: Int = 2) {
+        /// Its MPI ranks (`distributed.processes`); 1: a local worker.
+        public var processes: Int
+        public init(id: String, priority: Int = 0, seq: Int64, threads: Int = 1, restarts: Int = 0, maxRestarts: Int = 2, processes: Int = 1) {
             self.id = id; self.priority = priority; self.seq = seq; self.threads = threads
-            self.restarts = restarts; self.maxRestarts = maxRestarts
+            self.restarts = restarts; self.maxRestarts = maxRestarts; self.processes = processes
         }
     }
 
@@ -32,6 +38,8 @@ public struct Scheduling: Sendable, Equatable {
         public var job: Queued
         /// The cores it is pinned to (nil: one job at a time, not pinned).
         public var cores: [Int]?
+        /// A distributed job's MPI slots, host by host (nil: a local worker).
+        public var hosts: [HostSlots]?
         /// The stop asked of it: pause, cancel, or interrupt (the daemon is stopping).
         public var stop: JobEvent?
         /// Why it must fail whatever its worker says (its progress could not be stored).
@@ -67,8 +75,9 @@ public struct Scheduling: Sendable, Equatable {
     }
 
     public enum Action: Sendable, Equatable {
-        /// Mark the job running and start its worker with `threads` threads on `cores`.
-        case launch(String, threads: Int, cores: [Int]?)
+        /// Mark the job running and start its worker with `threads` threads on `cores`, or (a
+        /// distributed job) its ranks on `hosts`.
+        case launch(String, threads: Int, cores: [Int]?, hosts: [HostSlots]? = nil)
         /// Send the worker the command for `event` (pause, cancel; interrupt is the daemon's shutdown).
         case stop(String, JobEvent)
         /// Start the job's worker again from its newest valid checkpoint (`attempt` of `of`).
@@ -83,6 +92,8 @@ public struct Scheduling: Sendable, Equatable {
 
     public let maxRunning: Int
     public private(set) var cores: CorePool
+    /// The MPI slots distributed jobs run on (nil: the daemon has no hostfile).
+    public private(set) var slots: SlotPool?
     /// Waiting jobs in launch order.
     public private(set) var queue: [Queued] = []
     public private(set) var running: [String: Running] = [:]
@@ -95,9 +106,11 @@ public struct Scheduling: Sendable, Equatable {
     /// - Parameters:
     ///   - maxRunning: jobs at once; above 1, each job is pinned to cores of its own.
     ///   - cores: the cores jobs may use.
-    public init(maxRunning: Int, cores: [Int]) {
+    ///   - slots: the MPI slots distributed jobs may use.
+    public init(maxRunning: Int, cores: [Int], slots: SlotPool? = nil) {
         self.maxRunning = max(1, maxRunning)
         self.cores = CorePool(cores: cores)
+        self.slots = slots
     }
 
     /// Whether jobs are pinned to cores of their own.
@@ -178,10 +191,12 @@ public struct Scheduling: Sendable, Equatable {
         case .coresFreed(let id):
             guard let r = running.removeValue(forKey: id) else { return [] }
             if let c = r.cores { cores.give(c) }
+            if let h = r.hosts { slots?.give(h) }
             if r.requeue { enqueue(r.job) }
         case .launchRefused(let id, let retry):
             guard let r = running.removeValue(forKey: id) else { return [] }
             if let c = r.cores { cores.give(c) }
+            if let h = r.hosts { slots?.give(h) }
             if retry {
                 enqueue(r.job)
                 launchesHeld = true
@@ -198,13 +213,24 @@ public struct Scheduling: Sendable, Equatable {
         var actions: [Action] = []
         while started && accepting && !launchesHeld && running.count < maxRunning, let head = queue.first {
             var held: [Int]?
-            if pins {
+            var hosts: [HostSlots]?
+            if head.processes > 1 {
+                let total = slots?.total ?? 0
+                guard head.processes <= total else {
+                    queue.removeFirst()
+                    actions.append(.transition(head.id, .fail, reason: "needs \(head.processes) MPI slots; this daemon has \(total)"
+                        + (slots == nil ? " (start it with --mpi-hostfile)" : " (its --mpi-hostfile)")))
+                    continue
+                }
+                guard let h = slots?.take(head.processes) else { break }
+                hosts = h
+            } else if pins {
                 guard let c = cores.take(head.threads) else { break }
                 held = c
             }
             queue.removeFirst()
-            running[head.id] = Running(job: head, cores: held)
-            actions.append(.launch(head.id, threads: head.threads, cores: held))
+            running[head.id] = Running(job: head, cores: held, hosts: hosts)
+            actions.append(.launch(head.id, threads: head.threads, cores: held, hosts: hosts))
         }
         return actions
     }

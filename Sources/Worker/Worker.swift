@@ -1,8 +1,10 @@
+import Collectives
 import CProcess
 import Data
 import Foundation
 import Kernels
 import MoCo
+import NN
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -37,51 +39,137 @@ public enum Worker {
 
     /// Runs the job to its end and returns the process's exit status: 0 when the run ended
     /// normally (finished, stopped or failed, as its last event says), 2 when it could not start.
+    ///
+    /// Under `mpiexec` (a job whose spec has `distributed.processes` above 1) every rank runs
+    /// this. Rank 0 speaks the protocol: it reads the job's directory, takes the commands
+    /// (`mpiexec` hands its standard input to rank 0 alone), writes the checkpoints and metrics
+    /// and reports the events. It hands the spec and the checkpoint to resume from to the other
+    /// ranks, which need not see the job's directory; each rank loads the dataset from its own
+    /// host's data roots, and a rank that cannot fails the job with its host's name. The ranks'
+    /// stop flag is agreed at every step (see `Trainer`), so a pause reaches all of them.
     public static func run(_ options: Options) -> Int32 {
         // The event channel is the original standard output; anything else printed goes to stderr.
         let events = dup(1)
         dup2(2, 1)
         signal(SIGPIPE, SIG_IGN)
-        let channel = EventChannel(fd: events)
+        var world: Communicator?
+        if Communicator.launchedByMPI() {
+            do { world = try Communicator.world() } catch {
+                EventChannel(fd: events).send(WorkerEvent(kind: .failed, message: "cannot join the job's ranks: \(error)"))
+                return 2
+            }
+        }
+        defer { if world != nil { Communicator.finalize() } }
+        let writer = (world?.rank ?? 0) == 0
+        // Only rank 0 reports; the others' events (the same steps) are dropped.
+        let channel = EventChannel(fd: writer ? events : -1)
         // Die with the daemon: SIGTERM when the parent goes (then checkpoint and stop), and
-        // check it did not go before this was set.
+        // check it did not go before this was set. A rank's parent is mpiexec (or its host's
+        // MPI daemon), which the daemon ties to its own life.
         _ = mocod_set_parent_death_signal(SIGTERM)
         if let parent = options.parent, getppid() != parent {
             channel.send(WorkerEvent(kind: .failed, message: "the daemon that started this worker is gone"))
             return 2
         }
-        _ = setpgid(0, 0)
+        if world == nil { _ = setpgid(0, 0) }
         signal(SIGTERM) { _ in Worker.stopFlag.store(StopReason.shutdown.rawValue, ordering: .relaxed) }
+        if world != nil { exitSoonAfterParentDies() }
         if let cores = options.cores, let problem = pin(to: cores) {
             channel.send(WorkerEvent(kind: .failed, message: problem))
             return 2
         }
-        // One worker per job, whatever happened to the daemon that started the last one.
-        let lockFD = open(options.jobDirectory.appendingPathComponent(".worker.lock").path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard lockFD >= 0, flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
-            channel.send(WorkerEvent(kind: .failed, message: "another worker is training this job (its directory is locked)"))
-            return 3
+        var lockFD: Int32 = -1
+        if writer {
+            // One worker per job, whatever happened to the daemon that started the last one.
+            lockFD = open(options.jobDirectory.appendingPathComponent(".worker.lock").path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            guard lockFD >= 0, flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+                channel.send(WorkerEvent(kind: .failed, message: "another worker is training this job (its directory is locked)"))
+                if let world { world.abort(3) }
+                return 3
+            }
+            Thread.detachNewThread { readCommands() }
         }
-        defer { close(lockFD) }
-        Thread.detachNewThread { readCommands() }
+        defer { if lockFD >= 0 { close(lockFD) } }
 
         let outcome: WorkerEvent
         do {
-            let spec = try JobSpec.parse(Data(contentsOf: options.jobDirectory.appendingPathComponent("spec.json")))
-            let train = try DataSources.load(spec.data, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false)
-            let eval = try spec.eval.map { try DataSources.load($0.source, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false) }
-            let trainer = Trainer(spec: spec, train: train, eval: eval, outDirectory: options.jobDirectory, workers: 1) { e in
-                channel.send(WorkerEvent(e))
-            }
-            trainer.store.removeLeftovers()
-            // Resume from the newest checkpoint whose digest matches (a corrupt one is skipped).
-            let resume = trainer.store.latestValid()?.url
-            outcome = WorkerEvent(try trainer.run(resume: resume) { stopFlag.load(ordering: .relaxed) != 0 || channel.broken })
+            outcome = WorkerEvent(try train(options, world: world, channel: channel))
+        } catch let error as MPIError {
+            // The ranks cannot talk (one died or hangs): an abnormal end, which the daemon restarts.
+            FileHandle.standardError.write(Data("mocod worker rank \(world?.rank ?? 0): \(error)\n".utf8))
+            if let world { world.abort(1) }
+            return 1
+        } catch let failure as Communicator.RankFailure {
+            // Every rank knows (a rank could not load its data): the job fails, with the host's name.
+            outcome = WorkerEvent(kind: .failed, message: "\(failure)")
         } catch {
             outcome = WorkerEvent(kind: .failed, message: "\(error)")
+            if let world {
+                // This rank alone failed: the others may be waiting for it in a collective.
+                channel.send(outcome)
+                FileHandle.standardError.write(Data("mocod worker rank \(world.rank): \(error)\n".utf8))
+                world.abort(1)
+            }
         }
         channel.send(outcome)
         return 0
+    }
+
+    /// Loads the job and trains it; on several ranks, rank 0's spec and checkpoint are everyone's.
+    static func train(_ options: Options, world: Communicator?, channel: EventChannel) throws -> TrainingOutcome {
+        let writer = (world?.rank ?? 0) == 0
+        let specURL = options.jobDirectory.appendingPathComponent("spec.json")
+        var specBytes = writer ? Array(try Data(contentsOf: specURL)) : nil
+        if let world { specBytes = try world.broadcastBytes(specBytes) }
+        let spec = try JobSpec.parse(Data(specBytes ?? []))
+        if let world, spec.distributed.processes != world.size {
+            throw SpecError([FieldIssue("distributed.processes", "is \(spec.distributed.processes) but \(world.size) ranks run this job")])
+        }
+        // Each rank loads the data from its own host: a missing path fails the job naming the host.
+        var loaded: (ImageDataset, ImageDataset?)?
+        var loadError: String?
+        do {
+            let train = try DataSources.load(spec.data, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false)
+            let eval = try spec.eval.map { try DataSources.load($0.source, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false) }
+            loaded = (train, eval)
+        } catch {
+            if world == nil { throw error }
+            loadError = "\(error)"
+        }
+        if let world, let failure = try world.firstFailure(loadError) { throw failure }
+        guard let (train, eval) = loaded else { throw Communicator.RankFailure(rank: 0, host: Communicator.hostName, message: loadError ?? "") }
+        let trainer = Trainer(spec: spec, train: train, eval: eval, outDirectory: options.jobDirectory, workers: 1, group: world) { e in
+            channel.send(WorkerEvent(e))
+        }
+        // Resume from the newest checkpoint whose digest matches (a corrupt one is skipped).
+        var resume: Trainer.ResumePoint?
+        if writer {
+            trainer.store.removeLeftovers()
+            if let url = trainer.store.latestValid()?.url {
+                resume = Trainer.ResumePoint(name: url.lastPathComponent, file: try SafeTensorsFile.read(from: url))
+            }
+        }
+        if let world {
+            let name = try world.broadcastBytes(resume.map { Array($0.name.utf8) })
+            let bytes = try world.broadcastBytes(resume.map { Array($0.file.encoded()) })
+            if !writer && !bytes.isEmpty {
+                resume = Trainer.ResumePoint(name: String(decoding: name, as: UTF8.self), file: try SafeTensorsFile.decode(Data(bytes)))
+            }
+        }
+        return try trainer.run(resuming: resume) { stopFlag.load(ordering: .relaxed) != 0 || channel.broken }
+    }
+
+    /// A rank whose parent (mpiexec, or its host's MPI daemon) is gone stops at its next step;
+    /// if the other ranks are gone too it could wait in a collective, so it exits 30 s later
+    /// whatever it is doing (its last checkpoint stays; a half-written one is never named).
+    static func exitSoonAfterParentDies() {
+        let parent = getppid()
+        Thread.detachNewThread {
+            while getppid() == parent { usleep(500_000) }
+            stopFlag.store(StopReason.shutdown.rawValue, ordering: .relaxed)
+            sleep(30)
+            _exit(75)
+        }
     }
 
     /// Commands from the daemon, a JSON line each; end of input means the daemon is gone.
@@ -110,8 +198,9 @@ public enum Worker {
     }
 }
 
-/// The worker's event channel: JSON lines written whole to one descriptor. `broken` once the
-/// daemon stopped reading (the run then stops: nobody would record it).
+/// The worker's event channel: JSON lines written whole to one descriptor (-1: events are
+/// dropped, as on the ranks other than 0). `broken` once the daemon stopped reading (the run
+/// then stops: nobody would record it).
 final class EventChannel: @unchecked Sendable {
     /// Safe to share: writes are serialized by `lock`.
     let fd: Int32
@@ -122,6 +211,7 @@ final class EventChannel: @unchecked Sendable {
     var broken: Bool { failed.load(ordering: .relaxed) }
 
     func send(_ event: WorkerEvent) {
+        guard fd >= 0 else { return }
         var bytes = event.encoded()
         bytes.append(0x0a)
         lock.lock(); defer { lock.unlock() }
@@ -132,5 +222,27 @@ final class EventChannel: @unchecked Sendable {
             if n <= 0 { failed.store(true, ordering: .relaxed); return }
             done += n
         }
+    }
+}
+
+extension Worker {
+    /// Becomes `command` (execv), tied to the daemon's life: it gets SIGTERM when the daemon
+    /// (`parent`) dies, even by kill -9, and runs in a process group of its own (a Ctrl-C at the
+    /// daemon's terminal is the daemon's to handle). The daemon starts mpiexec this way; Open
+    /// MPI's mpiexec takes its ranks down on SIGTERM. Returns only if it could not run `command`.
+    public static func tie(parent: Int32, command: [String]) -> Int32 {
+        guard let path = command.first else { return 2 }
+        _ = mocod_set_parent_death_signal(SIGTERM)
+        // The daemon may have died before the tie was set.
+        guard getppid() == parent else {
+            FileHandle.standardError.write(Data("mocod tied: the daemon \(parent) is gone; not starting \(path)\n".utf8))
+            return 2
+        }
+        _ = setpgid(0, 0)
+        var argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) }
+        argv.append(nil)
+        execv(path, &argv)
+        FileHandle.standardError.write(Data("mocod tied: cannot run \(path): \(String(cString: strerror(errno)))\n".utf8))
+        return 127
     }
 }

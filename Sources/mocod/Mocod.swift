@@ -20,7 +20,20 @@ enum Entry {
 /// `mocod` serves (the default); `mocod worker` is one job's process, started by the daemon.
 struct MocodCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "mocod", abstract: "MoCo v2 training daemon with an HTTP API.",
-                                                    subcommands: [Mocod.self, WorkerProcess.self], defaultSubcommand: Mocod.self)
+                                                    subcommands: [Mocod.self, WorkerProcess.self, Tied.self], defaultSubcommand: Mocod.self)
+}
+
+/// Runs a command tied to the daemon's life (how the daemon starts mpiexec; see `Worker.tie`).
+struct Tied: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tied", abstract: "Run a command that dies with the daemon (started by the daemon).",
+                                                    shouldDisplay: false)
+    @Option(help: "The daemon's process id.") var parent: Int32
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String]
+
+    func run() throws {
+        guard !command.isEmpty else { throw ValidationError("give the command after --") }
+        throw ExitCode(Worker.tie(parent: parent, command: command))
+    }
 }
 
 /// One job's worker process (started by the daemon; see `Worker`).
@@ -63,6 +76,12 @@ struct Mocod: ParsableCommand {
     var threads = Int(ProcessInfo.processInfo.environment["MOCOD_THREADS"] ?? "") ?? ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "While a job trains, the share of one core that answering requests may use; excess requests wait (env MOCOD_API_CPU_SHARE; 0: no limit).")
     var apiCPUShare = Double(ProcessInfo.processInfo.environment["MOCOD_API_CPU_SHARE"] ?? "") ?? 0.015
+    @Option(help: "Open MPI hostfile (host slots=N per line): where jobs with distributed.processes above 1 run, a rank per slot (env MOCOD_MPI_HOSTFILE; default: none, such jobs are refused).")
+    var mpiHostfile = ProcessInfo.processInfo.environment["MOCOD_MPI_HOSTFILE"]
+    @Option(help: "Open MPI's mpiexec (env MOCOD_MPIEXEC; default: mpiexec on PATH).")
+    var mpiexec = ProcessInfo.processInfo.environment["MOCOD_MPIEXEC"]
+    @Option(help: "Extra arguments for every mpiexec, space-separated, e.g. '--mca btl tcp,self' (env MOCOD_MPIEXEC_ARGS).")
+    var mpiexecArgs = ProcessInfo.processInfo.environment["MOCOD_MPIEXEC_ARGS"] ?? ""
     @Option(help: "Log level: trace, debug, info, warning, error (env MOCOD_LOG_LEVEL).")
     var logLevel = ProcessInfo.processInfo.environment["MOCOD_LOG_LEVEL"] ?? "info"
 
@@ -86,7 +105,13 @@ struct Mocod: ParsableCommand {
         try FileManager.default.createDirectory(at: dir.appendingPathComponent("jobs"), withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: dir.appendingPathComponent("datasets"), withIntermediateDirectories: true)
         let roots = dataRoots.isEmpty ? ["/usr/share/datasets", dir.appendingPathComponent("datasets").path] : dataRoots
-        let settings = DaemonSettings(dataDirectory: dir, dataRoots: roots, maxRunning: maxRunning, threads: threads)
+        var mpi: MPISettings?
+        if let mpiHostfile {
+            do {
+                mpi = try MPISettings.load(hostfile: mpiHostfile, mpiexec: mpiexec, extraArguments: mpiexecArgs.split(separator: " ").map(String.init))
+            } catch let e as JobError { throw ValidationError(e.message) }
+        }
+        let settings = DaemonSettings(dataDirectory: dir, dataRoots: roots, maxRunning: maxRunning, threads: threads, mpi: mpi)
         let store = try JobStore(path: settings.databasePath)
         let budget = apiCPUShare > 0 ? CPUBudget(share: apiCPUShare) : nil
         let scheduler: Scheduler

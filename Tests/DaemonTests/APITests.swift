@@ -23,13 +23,24 @@ final class LiveDaemon: @unchecked Sendable {
 
     /// Jobs run in worker processes of the built `mocod` (see `CrashTests.exe`).
     /// - Parameter reusing: the data directory of an earlier daemon (its store and jobs), or nil for a new one.
-    init(token: String? = nil, budget: CPUBudget? = nil, maxRunning: Int = 1, threads: Int = 1, reusing: URL? = nil) throws {
+    /// - Parameter mpiSlots: distributed jobs run on this many slots of localhost (Open MPI's
+    ///   mpiexec, without cross-memory attach, which containers often forbid).
+    init(token: String? = nil, budget: CPUBudget? = nil, maxRunning: Int = 1, threads: Int = 1, reusing: URL? = nil,
+         mpiSlots: Int? = nil) throws {
         dir = reusing ?? FileManager.default.temporaryDirectory.appendingPathComponent("daemon-\(UUID())")
         let root = dir.appendingPathComponent("datasets")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         try LiveDaemon.writeImages(to: root.appendingPathComponent("imgs.npy"), count: 64)
+        var mpi: MPISettings?
+        if let mpiSlots {
+            let hostfile = dir.appendingPathComponent("hostfile")
+            try "localhost slots=\(mpiSlots)\n".write(to: hostfile, atomically: true, encoding: .utf8)
+            mpi = try MPISettings.load(hostfile: hostfile.path, mpiexec: "/usr/bin/mpiexec",
+                                       extraArguments: ["--mca", "btl_vader_single_copy_mechanism", "none"])
+            mpi?.tieCommand = [CrashTests.exe.path, "tied"]
+        }
         let settings = DaemonSettings(dataDirectory: dir, dataRoots: [root.path], maxRunning: maxRunning, threads: threads,
-                                      workerCommand: [CrashTests.exe.path, "worker"])
+                                      workerCommand: [CrashTests.exe.path, "worker"], mpi: mpi)
         var logger = Logger(label: "test")
         logger.logLevel = .error
         let counts = CountLog()

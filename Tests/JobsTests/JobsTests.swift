@@ -192,6 +192,74 @@ import Testing
     }
 }
 
+/// MPI hostfiles and slot counting, as pure values.
+@Suite struct SlotTests {
+    @Test(arguments: [
+        ("localhost slots=2\n", [HostSlots(host: "localhost", slots: 2)]),
+        ("# cluster\nnode1 slots=4 max_slots=8\n\nnode2   slots=2 # spare\n", [HostSlots(host: "node1", slots: 4), HostSlots(host: "node2", slots: 2)]),
+        ("a slots=1\nb slots=2\na slots=3\n", [HostSlots(host: "a", slots: 4), HostSlots(host: "b", slots: 2)]),
+        ("10.0.0.7 slots=2\r\n", [HostSlots(host: "10.0.0.7", slots: 2)]),
+    ])
+    func hostfilesParse(_ text: String, _ hosts: [HostSlots]) throws {
+        #expect(try Hostfile.parse(text) == hosts)
+    }
+
+    @Test(arguments: [
+        ("node1\n", "hostfile line 1: node1 has no slots=N (mocod places ranks by slot counts)"),
+        ("node1 slots=0\n", "hostfile line 1: slots must be a whole number from 1 to 4096"),
+        ("a slots=1\nnode1 slots=two\n", "hostfile line 2: slots must be a whole number from 1 to 4096"),
+        ("node1 cpus=2\n", "hostfile line 1: unknown key \"cpus\" (slots and max_slots are known)"),
+        ("node1 2\n", "hostfile line 1: \"2\" is not key=value"),
+        ("# nothing\n\n", "hostfile line 0: names no host"),
+        ("no/de slots=1\n", "hostfile line 1: \"no/de\" is not a host name or address"),
+    ])
+    func badHostfilesSayWhere(_ text: String, _ message: String) {
+        #expect(throws: Hostfile.Problem.self) { try Hostfile.parse(text) }
+        do { _ = try Hostfile.parse(text) } catch { #expect(error.description == message) }
+    }
+
+    /// Slots are taken host by host in order, only when enough are free, and come back.
+    @Test func slotPool() {
+        var pool = SlotPool(hosts: [HostSlots(host: "a", slots: 2), HostSlots(host: "b", slots: 3)])
+        #expect(pool.total == 5)
+        #expect(pool.take(3) == [HostSlots(host: "a", slots: 2), HostSlots(host: "b", slots: 1)] && pool.free == [0, 2])
+        #expect(pool.take(3) == nil && pool.free == [0, 2])
+        #expect(pool.take(0) == nil)
+        #expect(pool.take(2) == [HostSlots(host: "b", slots: 2)] && pool.freeCount == 0)
+        pool.give([HostSlots(host: "a", slots: 2), HostSlots(host: "z", slots: 9)])   // z: not in the pool
+        #expect(pool.free == [2, 0])
+        pool.give([HostSlots(host: "a", slots: 5)])   // never above a host's slots
+        #expect(pool.free == [2, 0])
+        #expect(HostSlots.hostList([HostSlots(host: "a", slots: 2), HostSlots(host: "b", slots: 1)]) == "a:2,b:1")
+    }
+
+    /// Slots held by running distributed jobs never exceed a host's count, and all come back.
+    @Test func slotsNeverOverbooked() {
+        var rng = SystemRandomNumberGenerator()
+        let hosts = [HostSlots(host: "a", slots: 2), HostSlots(host: "b", slots: 3), HostSlots(host: "c", slots: 1)]
+        for _ in 0..<200 {
+            var m = Scheduling(maxRunning: 4, cores: [0, 1], slots: SlotPool(hosts: hosts))
+            _ = m.next(.daemonStarted(queued: []))
+            for i in 0..<10 {
+                _ = m.next(.submitted(Scheduling.Queued(id: "j\(i)", seq: Int64(i), processes: Int.random(in: 2...6, using: &rng))))
+            }
+            var steps = 0
+            while !m.running.isEmpty && steps < 100 {
+                steps += 1
+                for h in hosts {
+                    let held = m.running.values.compactMap(\.hosts).flatMap { $0 }.filter { $0.host == h.host }.reduce(0) { $0 + $1.slots }
+                    let free = m.slots!.free[hosts.firstIndex(of: h)!]
+                    #expect(held + free == h.slots)
+                }
+                let id = m.running.keys.sorted().randomElement(using: &rng)!
+                _ = m.next(.workerExited(id, .finished))
+                _ = m.next(.coresFreed(id))
+            }
+            #expect(m.queue.isEmpty && m.running.isEmpty && m.slots!.free == [2, 3, 1])
+        }
+    }
+}
+
 /// The scheduler as a pure state machine: each row feeds inputs in order and checks the actions
 /// of the last one (and what the machine then holds).
 @Suite struct SchedulingTests {
@@ -209,8 +277,13 @@ import Testing
         var expected: [Scheduling.Action]
         var running: [String]? = nil
         var queue: [String]? = nil
+        /// MPI slots per host (nil: no hostfile).
+        var slots: [HostSlots]? = nil
         var testDescription: String { name }
     }
+
+    static func d(_ id: String, seq: Int64, processes: Int) -> Q { Q(id: id, seq: seq, processes: processes) }
+    static let twoHosts = [HostSlots(host: "n1", slots: 2), HostSlots(host: "n2", slots: 2)]
 
     static let rows: [Row] = [
         Row(name: "nothing launches before the daemon has started",
@@ -305,6 +378,34 @@ import Testing
         Row(name: "launches are retried in queue order",
             inputs: [.daemonStarted(queued: [a, b]), .launchRefused("a", retry: true), .retryLaunches],
             expected: [.launch("a", threads: 1, cores: nil)], running: ["a"], queue: ["b"]),
+        Row(name: "a distributed job takes its ranks' slots, host by host in the hostfile's order",
+            maxRunning: 2, inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 3)])],
+            expected: [.launch("m", threads: 1, cores: nil, hosts: [HostSlots(host: "n1", slots: 2), HostSlots(host: "n2", slots: 1)])],
+            running: ["m"], slots: twoHosts),
+        Row(name: "a distributed job waits for enough free slots; the queue does not skip ahead",
+            maxRunning: 3, inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 3), d("n", seq: 2, processes: 2), c])],
+            expected: [.launch("m", threads: 1, cores: nil, hosts: [HostSlots(host: "n1", slots: 2), HostSlots(host: "n2", slots: 1)])],
+            running: ["m"], queue: ["n", "c"], slots: twoHosts),
+        Row(name: "slots freed: the waiting distributed job gets them",
+            maxRunning: 3, inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 3), d("n", seq: 2, processes: 4)]),
+                                    .workerExited("m", .finished), .coresFreed("m")],
+            expected: [.launch("n", threads: 1, cores: nil, hosts: twoHosts)], running: ["n"], slots: twoHosts),
+        Row(name: "a distributed job and a pinned local one run side by side (slots are not cores)",
+            maxRunning: 2, inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 2), b])],
+            expected: [.launch("m", threads: 1, cores: nil, hosts: [HostSlots(host: "n1", slots: 2)]), .launch("b", threads: 1, cores: [0])],
+            running: ["b", "m"], slots: twoHosts),
+        Row(name: "a distributed job needing more slots than the daemon has fails instead of blocking the queue",
+            inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 8), b])],
+            expected: [.transition("m", .fail, reason: "needs 8 MPI slots; this daemon has 4 (its --mpi-hostfile)"),
+                       .launch("b", threads: 1, cores: nil)],
+            running: ["b"], queue: [], slots: twoHosts),
+        Row(name: "without a hostfile a distributed job fails with what to do",
+            inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 2)])],
+            expected: [.transition("m", .fail, reason: "needs 2 MPI slots; this daemon has 0 (start it with --mpi-hostfile)")],
+            running: [], queue: []),
+        Row(name: "a distributed job's abnormal end restarts it on the same slots",
+            inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 2)]), .workerExited("m", .abnormal("mpiexec exited with status 137"))],
+            expected: [.restart("m", attempt: 1, of: 2, reason: "mpiexec exited with status 137")], running: ["m"], slots: twoHosts),
         Row(name: "an exit of a job the machine does not run is ignored",
             inputs: [.daemonStarted(queued: []), .workerExited("z", .finished), .coresFreed("z")],
             expected: [], running: []),
@@ -312,7 +413,7 @@ import Testing
 
     @Test(arguments: rows)
     func table(_ row: Row) {
-        var m = Scheduling(maxRunning: row.maxRunning, cores: row.cores)
+        var m = Scheduling(maxRunning: row.maxRunning, cores: row.cores, slots: row.slots.map { SlotPool(hosts: $0) })
         var last: [Scheduling.Action] = []
         for input in row.inputs { last = m.next(input) }
         #expect(last == row.expected)
