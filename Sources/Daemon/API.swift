@@ -409,21 +409,30 @@ public final class API: Sendable {
     func info() -> HTTPResponse {
         .json(Info(version: Self.version, threads: scheduler.settings.threads, max_running: scheduler.settings.maxRunning,
                    kernel_isa: Runtime.dnnlISA, openblas_core: Runtime.openBLASCore, data_roots: scheduler.settings.dataRoots,
-                   uptime_seconds: Date().timeIntervalSince(scheduler.started), api_cpu_share: budget?.share, bf16: Runtime.bf16))
+                   uptime_seconds: Date().timeIntervalSince(scheduler.started), api_cpu_share: budget?.share, bf16: Runtime.bf16,
+                   mpi: scheduler.settings.mpi.map { m in
+                       MPIInfo(hostfile: m.hostfile, mpiexec: m.mpiexec, hosts: m.hosts, slots_total: m.hosts.reduce(0) { $0 + $1.slots },
+                               slots_free: scheduler.mpiSlotsFree ?? 0)
+                   }))
+    }
+
+    struct MPIInfo: Encodable {
+        var hostfile: String, mpiexec: String, hosts: [HostSlots], slots_total: Int, slots_free: Int
     }
 
     struct Info: Encodable {
         var version: String, threads: Int, max_running: Int, kernel_isa: String, openblas_core: String, data_roots: [String], uptime_seconds: Double
         var api_cpu_share: Double?
         var bf16: Runtime.BF16Support
+        var mpi: MPIInfo?
         func encode(to encoder: any Encoder) throws {   // api_cpu_share as null when there is no limit
             var c = encoder.container(keyedBy: CodingKeys.self)
             try c.encode(version, forKey: .version); try c.encode(threads, forKey: .threads); try c.encode(max_running, forKey: .max_running)
             try c.encode(kernel_isa, forKey: .kernel_isa); try c.encode(openblas_core, forKey: .openblas_core)
             try c.encode(data_roots, forKey: .data_roots); try c.encode(uptime_seconds, forKey: .uptime_seconds)
-            try c.encode(api_cpu_share, forKey: .api_cpu_share); try c.encode(bf16, forKey: .bf16)
+            try c.encode(api_cpu_share, forKey: .api_cpu_share); try c.encode(bf16, forKey: .bf16); try c.encode(mpi, forKey: .mpi)
         }
-        enum CodingKeys: CodingKey { case version, threads, max_running, kernel_isa, openblas_core, data_roots, uptime_seconds, api_cpu_share, bf16 }
+        enum CodingKeys: CodingKey { case version, threads, max_running, kernel_isa, openblas_core, data_roots, uptime_seconds, api_cpu_share, bf16, mpi }
     }
 
     func prometheus() -> HTTPResponse {

@@ -134,9 +134,10 @@ components:
         distributed:
           type: object
           additionalProperties: false
-          description: 'How many processes (MPI ranks) train the job together, each on its block of every global batch (optim.batch_size is the global batch). Above 1 it must divide optim.batch_size, moco.bn_splits must be a multiple of it and moco.symmetric false; such a job runs under mpiexec -n N moco train, and the daemon refuses it (422) for now.'
+          description: 'How many processes (MPI ranks) train the job together, each on its block of every global batch (optim.batch_size is the global batch), as the official MoCo trains across GPUs - shuffle BN across ranks, gradients and batch-norm statistics averaged, keys gathered so every rank holds the same queue. Above 1 it must divide optim.batch_size, moco.bn_splits must be a multiple of it and moco.symmetric false, and the daemon must have been started with --mpi-hostfile with at least that many slots (422 otherwise). The ranks run under the daemon''s mpiexec, a rank per slot, host by host in the hostfile''s order (rank 0, which writes the job''s directory, on the first); each rank loads the dataset from its own host, and one that cannot fails the job with its host''s name. A rank that dies or hangs takes the others down and the job restarts from its newest checkpoint under max_restarts. Through the API such a job looks like a local one.'
           properties:
-            processes: {type: integer, minimum: 1, maximum: 256}
+            processes: {type: integer, minimum: 1, maximum: 256, description: 'MPI ranks (default 1: one local worker process).'}
+            timeout_s: {type: integer, minimum: 5, maximum: 86400, description: 'The longest a rank waits in one collective for the others before it gives up and the job restarts (default 300). It must cover rank 0''s evaluations and checkpoints, which the other ranks wait through.'}
     Job:
       type: object
       required: [id, name, state, priority, created_at, progress, restarts, links, spec]
@@ -202,7 +203,7 @@ paths:
         '401': {$ref: '#/components/responses/Error'}
   /v1/info:
     get:
-      summary: Version, threads, kernel ISA, bf16 support and data roots.
+      summary: Version, threads, kernel ISA, bf16 support, data roots and MPI slots.
       responses:
         '200':
           description: Daemon information.
@@ -230,6 +231,17 @@ paths:
                       onednn_bf16: {type: boolean, description: oneDNN dispatches bf16 kernels (avx512_core_bf16 or above).}
                       onednn_amx: {type: boolean, description: oneDNN dispatches AMX kernels (avx512_core_amx).}
                       amx_permission: {type: boolean, description: 'Linux granted the process AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM, requested at start), which AMX kernels need; false where the CPU has no AMX.'}
+                  mpi:
+                    type: [object, 'null']
+                    description: Where distributed jobs run (null - the daemon was started without --mpi-hostfile and refuses them).
+                    properties:
+                      hostfile: {type: string}
+                      mpiexec: {type: string}
+                      hosts:
+                        type: array
+                        items: {type: object, properties: {host: {type: string}, slots: {type: integer}}}
+                      slots_total: {type: integer}
+                      slots_free: {type: integer, description: Slots no running distributed job holds.}
         '401': {$ref: '#/components/responses/Error'}
   /metrics:
     get:

@@ -258,6 +258,9 @@ public final class Scheduler: @unchecked Sendable {
 
     public var runningCount: Int { lock.lock(); defer { lock.unlock() }; return machine.running.count }
 
+    /// MPI slots no running distributed job holds (nil: no hostfile).
+    public var mpiSlotsFree: Int? { lock.lock(); defer { lock.unlock() }; return machine.slots?.freeCount }
+
     public var isAccepting: Bool { lock.lock(); defer { lock.unlock() }; return machine.accepting }
 
     // MARK: - Daemon start and stop

@@ -113,11 +113,15 @@ import Testing
         waitForStep(d, id, 6)
         let ranks = Self.ranks(jobDirectory: d.dir.appendingPathComponent("jobs/\(id)").path)
         try #require(ranks.count == 2, "ranks: \(ranks)")
+        let busy = d.request("GET", "/v1/info").json["mpi"] as? [String: Any]
+        #expect(busy?["slots_total"] as? Int == 2 && busy?["slots_free"] as? Int == 0, "\(busy ?? [:])")
         kill(ranks[1]!, SIGKILL)
         let job = d.waitFor(id, ["succeeded", "failed"])
         #expect(job["state"] as? String == "succeeded", "\(job)")
         #expect(job["restarts"] as? Int == 1, "\(job)")
         #expect(steps(d, id).compactMap { $0["step"] as? Int } == Array(1...32), "every step once")
+        let idle = d.request("GET", "/v1/info").json["mpi"] as? [String: Any]
+        #expect(idle?["slots_free"] as? Int == 2, "the slots come back: \(idle ?? [:])")
         let log = String(decoding: d.request("GET", "/v1/jobs/\(id)/logs").body, as: UTF8.self)
         #expect(log.contains("worker exited abnormally: mpiexec exited with status") && log.contains("restart 1 of 2")
                 && log.contains("resumed from ckpt-"), "\(log)")
@@ -216,6 +220,7 @@ import Testing
     @Test func distributedJobsNeedSlots() throws {
         let none = try LiveDaemon()
         defer { none.stop() }
+        #expect(none.request("GET", "/v1/info").json["mpi"] is NSNull)
         let r = none.request("POST", "/v1/jobs", body: Self.spec(processes: 2))
         #expect(r.status == 422)
         let details = r.json["error"].flatMap { ($0 as? [String: Any])?["details"] as? [[String: Any]] } ?? []
