@@ -2,7 +2,8 @@
 # Data-parallel training speed (issue 12): the Fashion-MNIST example at width 32 (no evaluation),
 # trained by `moco train` as 1 process x 2 threads and as 2 ranks x 1 thread under mpiexec over shared
 # memory and over TCP on loopback (--mca btl self,tcp), one after the other, alone on the machine.
-# Prints each run's wall time and median images/s (from its metrics) and the ratios to 1 x 2.
+# Prints each run's wall time, median images/s and (2 ranks) the all-reduce's bytes and median time per
+# step, from its metrics, and the ratios to 1 x 2.
 # Usage: bash bench/distributed.sh [EPOCHS] [WIDTH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,9 @@ for name in ("one", "shm", "tcp"):
     start, end = map(float, open(f"{out}/{name}.time").read().split())
     res[name] = {"wall_seconds": end - start, "median_images_per_second": statistics.median(p["images_per_second"] for p in steps),
                  "steps": len(steps), "final_loss": steps[-1]["loss"]}
+    if "allreduce_bytes" in steps[-1]:
+        res[name]["allreduce_bytes_per_step"] = steps[-1]["allreduce_bytes"]
+        res[name]["allreduce_ms_median"] = 1e3 * statistics.median(p["allreduce_seconds"] for p in steps)
 res["ratio_2x1_over_1x2"] = {k: res[k]["median_images_per_second"] / res["one"]["median_images_per_second"] for k in ("shm", "tcp")}
 res["wall_ratio_1x2_over_2x1"] = {k: res["one"]["wall_seconds"] / res[k]["wall_seconds"] for k in ("shm", "tcp")}
 print(json.dumps(res))

@@ -317,6 +317,7 @@ public final class API: Sendable {
                 ("instance_accuracy", { $0.instance_accuracy.map { "\($0)" } }), ("feature_std", { $0.feature_std.map { "\($0)" } }),
                 ("loss_at_chance", { $0.loss_at_chance.map { "\($0)" } }), ("knn_top1", { $0.knn_top1.map { "\($0)" } }),
                 ("precision", { $0.precision?.rawValue }),
+                ("allreduce_bytes", { $0.allreduce_bytes.map { "\($0)" } }), ("allreduce_seconds", { $0.allreduce_seconds.map { "\($0)" } }),
             ]
             var text = columns.map(\.0).joined(separator: ",") + "\n"
             for p in points { text += columns.map { $0.1(p) ?? "" }.joined(separator: ",") + "\n" }

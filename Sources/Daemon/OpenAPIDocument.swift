@@ -354,7 +354,7 @@ paths:
         - {name: format, in: query, schema: {type: string, enum: [json, csv]}}
       responses:
         '200':
-          description: Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance, eta_seconds, knn_top1), time, and precision (fp32 or bf16, the precision it computed in).
+          description: Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance, eta_seconds, knn_top1), time, precision (fp32 or bf16, the precision it computed in), and on a distributed job's steps allreduce_bytes and allreduce_seconds (the all-reduce of gradients and batch-norm statistics: bytes per rank, seconds on rank 0).
           content:
             application/json: {schema: {type: object, properties: {job_id: {type: string}, next_after_step: {type: integer}, total_points: {type: integer}, points: {type: array, items: {type: object}}}}}
             text/csv: {schema: {type: string}}

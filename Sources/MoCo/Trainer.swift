@@ -32,6 +32,10 @@ public struct MetricPoint: Sendable, Codable, Equatable {
     public var time: Double
     /// The precision the step or evaluation computed in (`fp32`, `bf16`).
     public var precision: Precision?
+    /// A distributed step's all-reduce of gradients and batch-norm statistics: bytes per rank,
+    /// and the seconds it took on rank 0 (nil on one process).
+    public var allreduce_bytes: Int? = nil
+    public var allreduce_seconds: Double? = nil
 }
 
 /// What the trainer reports while it runs.
@@ -248,9 +252,11 @@ public final class Trainer {
                 let x1 = Tensor(shape: [local, channels, size, size], buffer: b.views[0])
                 let x2 = Tensor(shape: [local, channels, size, size], buffer: b.views[1])
                 let loss: Float, accuracy: Float, featureStd: Float
+                var allReduce: AllReduceStats?
                 if let ranks {
                     let r = try model.trainStep(x1, x2, optimizer: opt, rng: &shuffleRNG, group: ranks)
                     (loss, accuracy, featureStd) = (r.loss, r.instanceAccuracy, r.featureStd)
+                    allReduce = r.allReduce
                 } else {
                     let (result, l) = model.trainStep(x1, x2, optimizer: opt, rng: &shuffleRNG)
                     (loss, accuracy, featureStd) = (l, result.instanceAccuracy, result.featureStd)
@@ -273,7 +279,8 @@ public final class Trainer {
                                         images_per_second: Double(batch) / max(seconds, 1e-9), data_wait_share: min(1, wait / max(seconds, 1e-9)),
                                         instance_accuracy: Double(accuracy), feature_std: Double(featureStd),
                                         loss_at_chance: chance, eta_seconds: Double(total - step) / max(rate, 1e-9), knn_top1: nil,
-                                        time: now.timeIntervalSince1970, precision: spec.precision)
+                                        time: now.timeIntervalSince1970, precision: spec.precision,
+                                        allreduce_bytes: allReduce?.bytes, allreduce_seconds: allReduce?.seconds)
                 try metrics?.append(point)
                 emit(.step(point))
                 if let every = spec.checkpoint.every_steps, step % every == 0 { try checkpointMidEpoch() }

@@ -70,6 +70,9 @@ import Testing
         let a = steps(d, local), b = steps(d, dist)
         #expect(a.count == 8 && b.count == 8)
         #expect(a.map { $0["step"] as? Int } == b.map { $0["step"] as? Int })
+        // A distributed step reports its all-reduce (gradients and batch-norm statistics); a local one has none.
+        #expect(a.allSatisfy { $0["allreduce_bytes"] == nil })
+        #expect(b.allSatisfy { ($0["allreduce_bytes"] as? Int ?? 0) > 0 && ($0["allreduce_seconds"] as? Double ?? -1) >= 0 }, "\(b.first ?? [:])")
         for (x, y) in zip(a, b) {
             let lx = x["loss"] as? Double ?? .nan, ly = y["loss"] as? Double ?? .nan
             #expect(abs(lx - ly) <= 1e-4 * abs(lx), "step \(x["step"] ?? -1): \(lx) alone, \(ly) on 2 ranks")
