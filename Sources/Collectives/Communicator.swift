@@ -157,7 +157,9 @@ public final class Communicator {
     /// exits with status 70, and the launcher (`mpiexec`) takes the job's other ranks down. A
     /// rank that died is noticed by `mpiexec` itself; this covers one that hangs (stopped, a
     /// lost host, a deadlock), which would otherwise hold every other rank forever.
+    /// A new limit replaces the last one.
     public func limitWaiting(seconds: Double, onExpiry: (@Sendable (String) -> Void)? = nil) {
+        watchdog?.stop()
         let dog = CollectiveWatchdog(limit: seconds, rank: rank, host: Self.hostName, onExpiry: onExpiry ?? Self.exitForHang)
         watchdog = dog
         dog.start()

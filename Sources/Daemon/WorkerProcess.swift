@@ -81,24 +81,27 @@ struct WorkerLaunch {
         p.waitUntilExit()
         handle.close()
         let status = p.terminationStatus
-        // The worker said how its run ended (a distributed job's ranks may then be taken down
-        // with a non-zero status: rank 0 failed alone and aborted the others).
         let clean = p.terminationReason == .exit && status == 0
-        if hosts != nil && !clean {
-            // Rank 0 may have stopped cleanly (asked to by mpiexec's SIGTERM) because another
-            // rank died: that is the other rank's abnormal end, not a stop anyone asked for.
-            let how = p.terminationReason == .uncaughtSignal ? "was killed by signal \(status)" : "exited with status \(status)"
-            if last == nil || last?.kind == .stopped {
-                return Exit(last: nil, description: "mpiexec \(how): a rank ended before the run did (worker.log has mpiexec's account)")
+        if hosts != nil {
+            // A rank that failed alone reports it and aborts the others (mpiexec then exits
+            // non-zero): its `failed` stands. Rank 0 may also have stopped cleanly (mpiexec's
+            // SIGTERM) because another rank died: that is that rank's abnormal end, not a stop.
+            if clean || last?.kind == .failed || last?.kind == .finished, let last { return Exit(last: last, description: "") }
+            if p.terminationReason == .uncaughtSignal {
+                return Exit(last: nil, description: "mpiexec was killed by signal \(status): the job's ranks were taken down")
             }
+            let why = status == 70
+                ? "a rank waited longer than distributed.timeout_s in a collective (another rank hung or its host went quiet, or rank 0's evaluation or checkpoint outlasted the limit)"
+                : "a rank ended before the run did"
+            return Exit(last: nil, description: "mpiexec exited with status \(status): \(why) (worker.log has mpiexec's account)")
         }
-        if let last { return Exit(last: last, description: "") }
         if p.terminationReason == .uncaughtSignal {
             let name = String(cString: strsignal(status))
             let hint = status == SIGKILL ? " (out of memory?)" : ""
             return Exit(last: nil, description: "killed by signal \(status) (\(name))\(hint)")
         }
-        return Exit(last: nil, description: "exited with status \(status) without finishing its run")
+        if status != 0 || last == nil { return Exit(last: nil, description: "exited with status \(status) without finishing its run") }
+        return Exit(last: last, description: "")
     }
 
     private func appendLog(_ line: String, _ directory: URL) { JobLog.append(line, to: directory) }

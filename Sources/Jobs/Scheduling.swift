@@ -9,7 +9,8 @@
 /// - A job holds its slot and cores from its launch until the shell reports its end recorded
 ///   (`coresFreed`).
 /// - A distributed job (more than one process) takes as many MPI slots as it has ranks from the
-///   `SlotPool` instead of local cores, and waits at the head of the queue until they are free.
+///   `SlotPool` instead of local cores, one on the hostfile's first host (rank 0's), and waits at
+///   the head of the queue until they are free.
 ///   One that needs more slots than the daemon has (its hostfile shrank since it was queued)
 ///   fails with the reason rather than block the queue.
 /// - An abnormal worker exit restarts the worker (`Supervision.decide`) up to the job's limit;

@@ -44,7 +44,8 @@ public enum Hostfile {
             guard let slots else {
                 throw Problem(line: i + 1, message: "\(name) has no slots=N (mocod places ranks by slot counts)")
             }
-            guard name.allSatisfy({ $0.isLetter || $0.isNumber || "-._:[]".contains($0) }) else {
+            // (mpiexec's --host takes host:slots, so a name holds no colon: no IPv6 literals.)
+            guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-._".contains($0)) }) else {
                 throw Problem(line: i + 1, message: "\"\(name)\" is not a host name or address")
             }
             if let k = hosts.firstIndex(where: { $0.host == name }) { hosts[k].slots += slots }
@@ -56,8 +57,9 @@ public enum Hostfile {
 }
 
 /// The MPI slots of the daemon's hosts and which are taken, as a pure value (like `CorePool`):
-/// a distributed job starts only when as many slots as it has ranks are free, taken host by host
-/// in the hostfile's order (rank 0, which writes the job's directory, on the first).
+/// a distributed job starts only when as many slots as it has ranks are free, one of them on the
+/// hostfile's first host (rank 0 runs there: it reads and writes the job's directory, which is
+/// the daemon's), the rest taken host by host in the hostfile's order.
 public struct SlotPool: Sendable, Equatable {
     /// Every host with all its slots, in the hostfile's order.
     public let hosts: [HostSlots]
@@ -72,10 +74,11 @@ public struct SlotPool: Sendable, Equatable {
     public var total: Int { hosts.reduce(0) { $0 + $1.slots } }
     public var freeCount: Int { free.reduce(0, +) }
 
-    /// `n` free slots, now taken (hosts in order, the fewest hosts that hold them from the
-    /// first one with a free slot); nil (nothing taken) when fewer are free or `n` is not positive.
+    /// `n` free slots, now taken, the first host's first (rank 0's) and then host by host in
+    /// order; nil (nothing taken) when the first host has none free, fewer are free in all, or
+    /// `n` is not positive.
     public mutating func take(_ n: Int) -> [HostSlots]? {
-        guard n >= 1, n <= freeCount else { return nil }
+        guard n >= 1, n <= freeCount, free.first ?? 0 >= 1 else { return nil }
         var left = n
         var placement: [HostSlots] = []
         for i in hosts.indices where left > 0 && free[i] > 0 {

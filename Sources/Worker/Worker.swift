@@ -60,6 +60,9 @@ public enum Worker {
             }
         }
         defer { if world != nil { Communicator.finalize() } }
+        // No rank waits forever for another, from the first collective on (the spec's own
+        // limit replaces this one once it is known).
+        world?.limitWaiting(seconds: 300)
         let writer = (world?.rank ?? 0) == 0
         // Only rank 0 reports; the others' events (the same steps) are dropped.
         let channel = EventChannel(fd: writer ? events : -1)
@@ -100,14 +103,18 @@ public enum Worker {
             if let world { world.abort(1) }
             return 1
         } catch let failure as Communicator.RankFailure {
-            // Every rank knows (a rank could not load its data): the job fails, with the host's name.
+            // Every rank knows (a rank could not start: its data, the spec, the checkpoint): the
+            // job fails with the failing rank's host, and every rank ends normally.
             outcome = WorkerEvent(kind: .failed, message: "\(failure)")
         } catch {
             outcome = WorkerEvent(kind: .failed, message: "\(error)")
             if let world {
-                // This rank alone failed: the others may be waiting for it in a collective.
-                channel.send(outcome)
+                // This rank failed during the run and the others may be waiting for it in a
+                // collective: rank 0 reports and aborts them all (the job fails with its reason).
+                // Another rank waits a moment first, so that rank 0, if it failed the same way,
+                // reports it; alone, its abort is an abnormal end (restarted; worker.log has why).
                 FileHandle.standardError.write(Data("mocod worker rank \(world.rank): \(error)\n".utf8))
+                if writer { channel.send(outcome) } else { sleep(5) }
                 world.abort(1)
             }
         }
@@ -115,48 +122,69 @@ public enum Worker {
         return 0
     }
 
-    /// Loads the job and trains it; on several ranks, rank 0's spec and checkpoint are everyone's.
+    /// Loads the job and trains it. On several ranks every step of the start is agreed (a rank
+    /// that cannot take it fails the job on every rank, naming its host): rank 0 reads the spec
+    /// and the checkpoint to resume from and hands them to the others; each rank loads the
+    /// dataset from its own host, and all must find the same number of images.
     static func train(_ options: Options, world: Communicator?, channel: EventChannel) throws -> TrainingOutcome {
         let writer = (world?.rank ?? 0) == 0
         let specURL = options.jobDirectory.appendingPathComponent("spec.json")
-        var specBytes = writer ? Array(try Data(contentsOf: specURL)) : nil
+        var specBytes = try agreed(world) { writer ? Array(try Data(contentsOf: specURL)) : nil }
         if let world { specBytes = try world.broadcastBytes(specBytes) }
-        let spec = try JobSpec.parse(Data(specBytes ?? []))
-        if let world, spec.distributed.processes != world.size {
-            throw SpecError([FieldIssue("distributed.processes", "is \(spec.distributed.processes) but \(world.size) ranks run this job")])
+        let spec = try agreed(world) { () throws -> JobSpec in
+            let spec = try JobSpec.parse(Data(specBytes ?? []))
+            if let world, spec.distributed.processes != world.size {
+                throw SpecError([FieldIssue("distributed.processes", "is \(spec.distributed.processes) but \(world.size) ranks run this job")])
+            }
+            return spec
         }
-        // Each rank loads the data from its own host: a missing path fails the job naming the host.
-        var loaded: (ImageDataset, ImageDataset?)?
-        var loadError: String?
-        do {
-            let train = try DataSources.load(spec.data, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false)
-            let eval = try spec.eval.map { try DataSources.load($0.source, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false) }
-            loaded = (train, eval)
-        } catch {
-            if world == nil { throw error }
-            loadError = "\(error)"
+        // From here the spec's limit on waiting for the other ranks holds.
+        world?.limitWaiting(seconds: Double(spec.distributed.timeout_s))
+        let (train, eval) = try agreed(world) {
+            (try DataSources.load(spec.data, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false),
+             try spec.eval.map { try DataSources.load($0.source, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false) })
         }
-        if let world, let failure = try world.firstFailure(loadError) { throw failure }
-        guard let (train, eval) = loaded else { throw Communicator.RankFailure(rank: 0, host: Communicator.hostName, message: loadError ?? "") }
+        if let world {
+            // Ranks on hosts with different copies of the data would step through different epochs.
+            var counts = [Int64(train.count), Int64(eval?.count ?? -1)]
+            try world.broadcast(&counts)
+            try agreed(world) {
+                guard counts == [Int64(train.count), Int64(eval?.count ?? -1)] else {
+                    throw DataError(file: spec.data.path, "has \(train.count) images (evaluation: \(eval?.count ?? 0)) here but \(counts[0]) (\(max(counts[1], 0))) on rank 0's host")
+                }
+            }
+        }
         let trainer = Trainer(spec: spec, train: train, eval: eval, outDirectory: options.jobDirectory, workers: 1, group: world) { e in
             channel.send(WorkerEvent(e))
         }
         // Resume from the newest checkpoint whose digest matches (a corrupt one is skipped).
-        var resume: Trainer.ResumePoint?
-        if writer {
+        var resume = try agreed(world) { () throws -> Trainer.ResumePoint? in
+            guard writer else { return nil }
             trainer.store.removeLeftovers()
-            if let url = trainer.store.latestValid()?.url {
-                resume = Trainer.ResumePoint(name: url.lastPathComponent, file: try SafeTensorsFile.read(from: url))
-            }
+            guard let url = trainer.store.latestValid()?.url else { return nil }
+            return Trainer.ResumePoint(name: url.lastPathComponent, file: try SafeTensorsFile.read(from: url))
         }
         if let world {
             let name = try world.broadcastBytes(resume.map { Array($0.name.utf8) })
             let bytes = try world.broadcastBytes(resume.map { Array($0.file.encoded()) })
-            if !writer && !bytes.isEmpty {
-                resume = Trainer.ResumePoint(name: String(decoding: name, as: UTF8.self), file: try SafeTensorsFile.decode(Data(bytes)))
+            resume = try agreed(world) {
+                guard !writer && !bytes.isEmpty else { return resume }
+                return Trainer.ResumePoint(name: String(decoding: name, as: UTF8.self), file: try SafeTensorsFile.decode(Data(bytes)))
             }
         }
         return try trainer.run(resuming: resume) { stopFlag.load(ordering: .relaxed) != 0 || channel.broken }
+    }
+
+    /// `body`'s result. On several ranks every rank calls this at the same point and learns
+    /// whether `body` worked on all of them: if not, each throws the lowest failing rank's error
+    /// (a `Communicator.RankFailure`, naming its host). Alone, `body`'s own error.
+    static func agreed<T>(_ world: Communicator?, _ body: () throws -> T) throws -> T {
+        guard let world else { return try body() }
+        var value: T?
+        var problem: String?
+        do { value = try body() } catch { problem = "\(error)" }
+        if let failure = try world.firstFailure(problem) { throw failure }
+        return value!
     }
 
     /// A rank whose parent (mpiexec, or its host's MPI daemon) is gone stops at its next step;

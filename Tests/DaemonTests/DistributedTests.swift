@@ -38,12 +38,23 @@ import Testing
         return out
     }
 
-    /// Until the job has reached `step` (at most 60 s).
-    func waitForStep(_ d: LiveDaemon, _ id: String, _ step: Int) {
+    /// Waits until the job has reached `step` (at most 60 s) and returns the step it is at.
+    @discardableResult
+    func waitForStep(_ d: LiveDaemon, _ id: String, _ step: Int) -> Int {
         let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, (d.request("GET", "/v1/jobs/\(id)").json["progress"] as? [String: Any])?["step"] as? Int ?? 0 < step {
+        var now = 0
+        while Date() < deadline {
+            now = (d.request("GET", "/v1/jobs/\(id)").json["progress"] as? [String: Any])?["step"] as? Int ?? 0
+            if now >= step { break }
             usleep(20_000)
         }
+        return now
+    }
+
+    /// Whether `pid` is still a rank of a `mocod worker` (not a reused pid).
+    static func isWorker(_ pid: Int32) -> Bool {
+        guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        return raw.split(separator: 0).dropFirst().first.map { String(decoding: $0, as: UTF8.self) } == "worker"
     }
 
     /// A job on 2 ranks (8 images each) looks like the same job in one process (16 images,
@@ -112,8 +123,9 @@ import Testing
     @Test func killedRankRestartsTheJobFromItsCheckpoint() throws {
         let d = try LiveDaemon(mpiSlots: 2)
         defer { d.stop() }
-        let id = try #require(d.request("POST", "/v1/jobs", body: Self.spec(processes: 2, epochs: 8)).json["id"] as? String)
-        waitForStep(d, id, 6)
+        let id = try #require(d.request("POST", "/v1/jobs", body: Self.spec(processes: 2, epochs: 40)).json["id"] as? String)
+        let at = waitForStep(d, id, 6)
+        try #require(at >= 6 && at < 140, "step \(at): the kill must land mid-run")
         let ranks = Self.ranks(jobDirectory: d.dir.appendingPathComponent("jobs/\(id)").path)
         try #require(ranks.count == 2, "ranks: \(ranks)")
         let busy = d.request("GET", "/v1/info").json["mpi"] as? [String: Any]
@@ -122,7 +134,7 @@ import Testing
         let job = d.waitFor(id, ["succeeded", "failed"])
         #expect(job["state"] as? String == "succeeded", "\(job)")
         #expect(job["restarts"] as? Int == 1, "\(job)")
-        #expect(steps(d, id).compactMap { $0["step"] as? Int } == Array(1...32), "every step once")
+        #expect(steps(d, id).compactMap { $0["step"] as? Int } == Array(1...160), "every step once")
         let idle = d.request("GET", "/v1/info").json["mpi"] as? [String: Any]
         #expect(idle?["slots_free"] as? Int == 2, "the slots come back: \(idle ?? [:])")
         let log = String(decoding: d.request("GET", "/v1/jobs/\(id)/logs").body, as: UTF8.self)
@@ -135,13 +147,14 @@ import Testing
     @Test func hungRankIsGivenUpOnAndTheJobRestarts() throws {
         let d = try LiveDaemon(mpiSlots: 2)
         defer { d.stop() }
-        let id = try #require(d.request("POST", "/v1/jobs", body: Self.spec(processes: 2, epochs: 8, timeout: 5)).json["id"] as? String)
-        waitForStep(d, id, 6)
+        let id = try #require(d.request("POST", "/v1/jobs", body: Self.spec(processes: 2, epochs: 40, timeout: 5)).json["id"] as? String)
+        let at = waitForStep(d, id, 6)
+        try #require(at >= 6 && at < 140, "step \(at): the stop must land mid-run")
         let ranks = Self.ranks(jobDirectory: d.dir.appendingPathComponent("jobs/\(id)").path)
         try #require(ranks.count == 2, "ranks: \(ranks)")
         let stopped = Date()
         kill(ranks[1]!, SIGSTOP)
-        defer { kill(ranks[1]!, SIGKILL) }
+        defer { if Self.isWorker(ranks[1]!) { kill(ranks[1]!, SIGKILL) } }
         // The restart comes within the limit plus a few seconds.
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline, d.request("GET", "/v1/jobs/\(id)").json["restarts"] as? Int ?? 0 < 1 { usleep(50_000) }
@@ -150,6 +163,9 @@ import Testing
         let job = d.waitFor(id, ["succeeded", "failed"])
         #expect(job["state"] as? String == "succeeded", "\(job)")
         #expect(job["restarts"] as? Int == 1)
+        let log = String(decoding: d.request("GET", "/v1/jobs/\(id)/logs").body, as: UTF8.self)
+        #expect(log.contains("mpiexec exited with status 70: a rank waited longer than distributed.timeout_s"), "\(log)")
+        #expect(!Self.isWorker(ranks[1]!), "the stopped rank was taken down")
         let workerLog = (try? String(contentsOf: d.dir.appendingPathComponent("jobs/\(id)/worker.log"), encoding: .utf8)) ?? ""
         #expect(workerLog.contains("rank 0 on") && workerLog.contains("waited more than 5.0 s"), "\(workerLog.suffix(800))")
     }
@@ -213,9 +229,35 @@ import Testing
         while !CrashTests.workerProcesses(jobDirectory: jobDir).isEmpty && Date().timeIntervalSince(killed) < 30 { usleep(50_000) }
         let gone = Date().timeIntervalSince(killed)
         let left = CrashTests.workerProcesses(jobDirectory: jobDir)
-        #expect(left.isEmpty, "still running \(gone) s after the daemon's kill -9: \(left)")
+        // Within 5 s: the tie to mpiexec, not the ranks' own 30 s fallback.
+        #expect(left.isEmpty && gone < 5, "still running \(gone) s after the daemon's kill -9: \(left)")
         for pid in left { kill(pid, SIGKILL) }
         print("distributed job's processes gone \(String(format: "%.1f", gone)) s after the daemon's kill -9")
+    }
+
+    /// Pause checkpoints every rank's progress and frees the slots; resume continues from that
+    /// checkpoint on fresh ranks; cancel ends it.
+    @Test func pauseResumeAndCancelADistributedJob() throws {
+        let d = try LiveDaemon(mpiSlots: 2)
+        defer { d.stop() }
+        let id = try #require(d.request("POST", "/v1/jobs", body: Self.spec(processes: 2, epochs: 200)).json["id"] as? String)
+        waitForStep(d, id, 4)
+        #expect(d.request("POST", "/v1/jobs/\(id)/pause").status == 202)
+        let paused = d.waitFor(id, ["paused"])
+        #expect(paused["state"] as? String == "paused")
+        let stepAtPause = (paused["progress"] as? [String: Any])?["step"] as? Int ?? -1
+        let checkpoints = d.request("GET", "/v1/jobs/\(id)/checkpoints").json["checkpoints"] as? [[String: Any]] ?? []
+        #expect(checkpoints.last?["step"] as? Int == stepAtPause, "pausing writes a checkpoint at the step reached")
+        #expect(Self.ranks(jobDirectory: d.dir.appendingPathComponent("jobs/\(id)").path).isEmpty, "no rank runs while paused")
+        #expect((d.request("GET", "/v1/info").json["mpi"] as? [String: Any])?["slots_free"] as? Int == 2)
+        #expect(d.request("POST", "/v1/jobs/\(id)/resume").status == 202)
+        waitForStep(d, id, stepAtPause + 2)
+        let log = String(decoding: d.request("GET", "/v1/jobs/\(id)/logs").body, as: UTF8.self)
+        #expect(log.contains("resumed from ckpt-") && log.contains("at step \(stepAtPause)"), "\(log)")
+        #expect(d.request("POST", "/v1/jobs/\(id)/cancel").status == 202)
+        #expect(d.waitFor(id, ["cancelled"])["state"] as? String == "cancelled")
+        let points = steps(d, id).compactMap { $0["step"] as? Int }
+        #expect(points == Array(1...(points.last ?? 0)), "every step once across the pause")
     }
 
     /// What the daemon refuses at submission: a distributed job without a hostfile, and one with

@@ -212,22 +212,25 @@ import Testing
         ("node1 2\n", "hostfile line 1: \"2\" is not key=value"),
         ("# nothing\n\n", "hostfile line 0: names no host"),
         ("no/de slots=1\n", "hostfile line 1: \"no/de\" is not a host name or address"),
+        ("fe80::1 slots=1\n", "hostfile line 1: \"fe80::1\" is not a host name or address"),
     ])
     func badHostfilesSayWhere(_ text: String, _ message: String) {
         #expect(throws: Hostfile.Problem.self) { try Hostfile.parse(text) }
         do { _ = try Hostfile.parse(text) } catch { #expect(error.description == message) }
     }
 
-    /// Slots are taken host by host in order, only when enough are free, and come back.
+    /// Slots are taken host by host in order, one on the first host (rank 0's) always, only
+    /// when enough are free, and come back.
     @Test func slotPool() {
         var pool = SlotPool(hosts: [HostSlots(host: "a", slots: 2), HostSlots(host: "b", slots: 3)])
         #expect(pool.total == 5)
         #expect(pool.take(3) == [HostSlots(host: "a", slots: 2), HostSlots(host: "b", slots: 1)] && pool.free == [0, 2])
-        #expect(pool.take(3) == nil && pool.free == [0, 2])
+        #expect(pool.take(2) == nil && pool.free == [0, 2], "b has 2 free, but rank 0 runs on a, which has none")
         #expect(pool.take(0) == nil)
-        #expect(pool.take(2) == [HostSlots(host: "b", slots: 2)] && pool.freeCount == 0)
-        pool.give([HostSlots(host: "a", slots: 2), HostSlots(host: "z", slots: 9)])   // z: not in the pool
-        #expect(pool.free == [2, 0])
+        pool.give([HostSlots(host: "a", slots: 1), HostSlots(host: "z", slots: 9)])   // z: not in the pool
+        #expect(pool.free == [1, 2])
+        #expect(pool.take(4) == nil, "4 > 3 free")
+        #expect(pool.take(3) == [HostSlots(host: "a", slots: 1), HostSlots(host: "b", slots: 2)] && pool.freeCount == 0)
         pool.give([HostSlots(host: "a", slots: 5)])   // never above a host's slots
         #expect(pool.free == [2, 0])
         #expect(HostSlots.hostList([HostSlots(host: "a", slots: 2), HostSlots(host: "b", slots: 1)]) == "a:2,b:1")
@@ -390,6 +393,9 @@ import Testing
             maxRunning: 3, inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 3), d("n", seq: 2, processes: 4)]),
                                     .workerExited("m", .finished), .coresFreed("m")],
             expected: [.launch("n", threads: 1, cores: nil, hosts: twoHosts)], running: ["n"], slots: twoHosts),
+        Row(name: "rank 0 runs on the first host: with its slots taken a distributed job waits, though other hosts have free slots",
+            maxRunning: 2, inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 2)]), .submitted(d("n", seq: 2, processes: 2))],
+            expected: [], running: ["m"], queue: ["n"], slots: [HostSlots(host: "n1", slots: 1), HostSlots(host: "n2", slots: 3)]),
         Row(name: "a distributed job and a pinned local one run side by side (slots are not cores)",
             maxRunning: 2, inputs: [.daemonStarted(queued: [d("m", seq: 1, processes: 2), b])],
             expected: [.launch("m", threads: 1, cores: nil, hosts: [HostSlots(host: "n1", slots: 2)]), .launch("b", threads: 1, cores: [0])],
