@@ -57,6 +57,9 @@ final class LiveEvents: @unchecked Sendable {
         return token
     }
 
+    /// How many live streams follow the job.
+    func subscriberCount(_ id: String) -> Int { lock.lock(); defer { lock.unlock() }; return subscribers[id]?.count ?? 0 }
+
     func unsubscribe(_ id: String, _ token: UUID) {
         lock.lock(); subscribers[id]?[token] = nil; lock.unlock()
     }

@@ -433,6 +433,9 @@ public final class Scheduler: @unchecked Sendable {
 
     public func unsubscribe(_ id: String, _ token: UUID) { events.unsubscribe(id, token) }
 
+    /// How many live event streams follow the job now.
+    public func streamCount(_ id: String) -> Int { events.subscriberCount(id) }
+
     /// Ends every live event stream with a final `shutdown` event (the daemon is stopping).
     public func closeStreams() { events.close() }
 

@@ -127,6 +127,18 @@ final class LiveDaemon: @unchecked Sendable {
      "checkpoint": {"every_steps": 2, "keep_last": 10}, "threads": 1}
     """
 
+    /// Pauses a running job and checks that it ends paused with a checkpoint at the step it
+    /// reached; returns that step.
+    func pauseCheckpointed(_ id: String) -> Int {
+        #expect(request("POST", "/v1/jobs/\(id)/pause").status == 202)
+        let paused = waitFor(id, ["paused"])
+        #expect(paused["state"] as? String == "paused")
+        let step = (paused["progress"] as? [String: Any])?["step"] as? Int ?? -1
+        let checkpoints = request("GET", "/v1/jobs/\(id)/checkpoints").json["checkpoints"] as? [[String: Any]] ?? []
+        #expect(checkpoints.last?["step"] as? Int == step, "pausing writes a checkpoint at the step reached")
+        return step
+    }
+
     func waitFor(_ id: String, _ states: Set<String>, timeout: Double = 60) -> [String: Any] {
         let deadline = Date().addingTimeInterval(timeout)
         var last: [String: Any] = [:]
@@ -279,18 +291,16 @@ final class CountLog: @unchecked Sendable {
             received.withLock { $0 = String(decoding: r.body, as: UTF8.self) }
         }
         reader.start()
+        // The stream follows the job before anything is asked of it.
+        let connected = Date().addingTimeInterval(10)
+        while d.scheduler.streamCount(id) == 0 && Date() < connected { usleep(5_000) }
         var job = d.waitFor(id, ["running"])
         let deadline = Date().addingTimeInterval(30)
         while ((job["progress"] as? [String: Any])?["step"] as? Int ?? 0) < 3 && Date() < deadline {
             usleep(50_000)
             job = d.request("GET", "/v1/jobs/\(id)").json
         }
-        #expect(d.request("POST", "/v1/jobs/\(id)/pause").status == 202)
-        let paused = d.waitFor(id, ["paused"])
-        #expect(paused["state"] as? String == "paused")
-        let stepAtPause = (paused["progress"] as? [String: Any])?["step"] as? Int ?? -1
-        let checkpoints = d.request("GET", "/v1/jobs/\(id)/checkpoints").json["checkpoints"] as? [[String: Any]] ?? []
-        #expect(checkpoints.last?["step"] as? Int == stepAtPause, "pausing writes a checkpoint at the step reached")
+        let stepAtPause = d.pauseCheckpointed(id)
         #expect(d.scheduler.runningCount == 0)   // the slot is free
         #expect(d.request("POST", "/v1/jobs/\(id)/resume").status == 202)
         _ = d.waitFor(id, ["running"])

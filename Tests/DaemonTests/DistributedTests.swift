@@ -74,6 +74,8 @@ import Testing
             received.withLock { $0 = String(decoding: r.body, as: UTF8.self) }
         }
         reader.start()
+        let connected = Date().addingTimeInterval(10)
+        while d.scheduler.streamCount(dist) == 0 && Date() < connected { usleep(5_000) }
         let job = d.waitFor(dist, ["succeeded", "failed"])
         #expect(job["state"] as? String == "succeeded", "\(job)")
         #expect((job["spec"] as? [String: Any]).flatMap { $0["distributed"] as? [String: Any] }?["processes"] as? Int == 2)
@@ -242,12 +244,7 @@ import Testing
         defer { d.stop() }
         let id = try #require(d.request("POST", "/v1/jobs", body: Self.spec(processes: 2, epochs: 200)).json["id"] as? String)
         waitForStep(d, id, 4)
-        #expect(d.request("POST", "/v1/jobs/\(id)/pause").status == 202)
-        let paused = d.waitFor(id, ["paused"])
-        #expect(paused["state"] as? String == "paused")
-        let stepAtPause = (paused["progress"] as? [String: Any])?["step"] as? Int ?? -1
-        let checkpoints = d.request("GET", "/v1/jobs/\(id)/checkpoints").json["checkpoints"] as? [[String: Any]] ?? []
-        #expect(checkpoints.last?["step"] as? Int == stepAtPause, "pausing writes a checkpoint at the step reached")
+        let stepAtPause = d.pauseCheckpointed(id)
         #expect(Self.ranks(jobDirectory: d.dir.appendingPathComponent("jobs/\(id)").path).isEmpty, "no rank runs while paused")
         #expect((d.request("GET", "/v1/info").json["mpi"] as? [String: Any])?["slots_free"] as? Int == 2)
         #expect(d.request("POST", "/v1/jobs/\(id)/resume").status == 202)
