@@ -65,7 +65,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
         .testTarget(name: "AutogradTests", dependencies: ["Autograd", "Kernels", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Autograd", "Kernels", "TestSupport"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "Autograd", "TestSupport"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "Autograd", "MoCo", "TestSupport"]),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Worker", "HTTP", "Jobs", "Data", "NN", "MoCo", "Kernels", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "TestSupport"]),

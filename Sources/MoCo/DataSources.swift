@@ -101,3 +101,51 @@ public enum DataSources {
         return ds.prefix(source.limit)
     }
 }
+
+extension DataSources {
+    /// The formats `inspect` reads: the spec's, and `tar` (WebDataset-style shards: a folder of
+    /// `.tar` files, or a brace pattern in the file name such as `shards/train-{000..099}.tar`).
+    public static let inspectableFormats = JobSpec.DataFormat.allCases.map(\.rawValue) + ["tar"]
+
+    /// What a dataset holds (see `DatasetReport`), files named relative to their data root.
+    /// Image folders and tar shards are indexed and each image's header read (`decode`: each
+    /// image decoded whole, which also finds truncated files); the in-memory formats are loaded.
+    public static func inspect(format: String, path: String, split: String?, roots: [String], decode: Bool,
+                               allowAbsolute: Bool = true) throws(DataError) -> DatasetReport {
+        guard inspectableFormats.contains(format) else {
+            throw DataError(file: path, "unknown data format \(format): one of \(inspectableFormats.joined(separator: ", "))")
+        }
+        if format == "tar" {
+            // A pattern's braces are in the file name: the folder is located, the name expanded in it.
+            let (folder, name) = path.contains("{") ? ((path as NSString).deletingLastPathComponent, (path as NSString).lastPathComponent) : (path, "")
+            guard !folder.contains("{") else { throw DataError(file: path, "braces may only appear in the shard file name") }
+            let location = try locate(folder.isEmpty ? "." : folder, roots: roots, allowAbsolute: allowAbsolute)
+            do {
+                let shards = try ImageIndex.shardPaths(name.isEmpty ? location.path : location.path + "/" + name)
+                var report = DatasetReport.inspect(try ImageIndex.shards(shards, within: location.root), path: path, decode: decode, within: location.root)
+                report.first_errors = report.first_errors.map { location.display($0) }
+                return report
+            } catch {
+                throw DataError(file: location.display(error.file), error.message)
+            }
+        }
+        let dataFormat = JobSpec.DataFormat(rawValue: format)!
+        let location = try locate(path, roots: roots, allowAbsolute: allowAbsolute)
+        if dataFormat == .folder {
+            var isDir: ObjCBool = false
+            let sub = location.path + "/" + (split ?? "train")
+            let dir = split != nil && FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : location.path
+            do {
+                return DatasetReport.inspect(try ImageIndex.folder(dir), path: path, decode: decode, within: location.root)
+            } catch {
+                throw DataError(file: location.display(error.file), error.message)
+            }
+        }
+        let source = JobSpec.DataSource(format: dataFormat, path: path, split: split ?? "train")
+        do {
+            return DatasetReport.inMemory(try load(source, at: location, size: 32), format: format, path: path)
+        } catch {
+            throw DataError(file: location.display(error.file), error.message)
+        }
+    }
+}

@@ -20,7 +20,46 @@ struct Moco: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moco",
         abstract: "MoCo v2 self-supervised training on the CPU, in the foreground.",
-        subcommands: [Train.self, Eval.self, Export.self, Embed.self])
+        subcommands: [Train.self, Eval.self, Export.self, Embed.self, DataCommand.self])
+}
+
+// MARK: - data
+
+struct DataCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "data", abstract: "Look at datasets.", subcommands: [Inspect.self])
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a dataset's format, sample count, image-size range, classes and the images that cannot be used.",
+            discussion: """
+            DATA is the spec's data object, inline JSON or a file, e.g. '{"format": "folder", "path": "photos"}' or \
+            '{"format": "tar", "path": "shards/train-{000000..000099}.tar"}' (tar: WebDataset-style shards, a folder of .tar \
+            files or a brace pattern). Image folders and shards are indexed and each image's header read; --decode decodes \
+            every image whole, which also finds truncated files. Exits 1 when the dataset cannot be read at all.
+            """)
+        @Argument(help: "The data object (JSON or a file).") var data: String
+        @Flag(help: "Decode every image whole (slower; finds truncated files).") var decode = false
+        @Flag(help: "Print the report as JSON.") var json = false
+        @OptionGroup var roots: DataOptions
+
+        struct Request: Decodable { var format: String; var path: String; var split: String? }
+
+        func run() throws {
+            let request: Request
+            do { request = try JSONDecoder().decode(Request.self, from: readJSONArgument(data)) } catch { fail("bad data object: \(error)") }
+            let report: DatasetReport
+            do {
+                report = try DataSources.inspect(format: request.format, path: request.path, split: request.split, roots: roots.roots, decode: decode)
+            } catch { fail("\(error)") }
+            if json {
+                let e = JSONEncoder()
+                e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+                print(String(decoding: (try? e.encode(report)) ?? Data(), as: UTF8.self))
+            } else {
+                print(report.text)
+            }
+        }
+    }
 }
 
 /// Options shared by the commands that read datasets.
