@@ -318,6 +318,7 @@ public final class API: Sendable {
                 ("loss_at_chance", { $0.loss_at_chance.map { "\($0)" } }), ("knn_top1", { $0.knn_top1.map { "\($0)" } }),
                 ("precision", { $0.precision?.rawValue }),
                 ("allreduce_bytes", { $0.allreduce_bytes.map { "\($0)" } }), ("allreduce_seconds", { $0.allreduce_seconds.map { "\($0)" } }),
+                ("data_errors", { $0.data_errors.map { "\($0)" } }),
             ]
             var text = columns.map(\.0).joined(separator: ",") + "\n"
             for p in points { text += columns.map { $0.1(p) ?? "" }.joined(separator: ",") + "\n" }
@@ -400,7 +401,8 @@ public final class API: Sendable {
 
     func normalization(_ spec: JobSpec) throws -> ([Float], [Float]) {
         if let m = spec.augment.mean, let s = spec.augment.std { return (m, s) }
-        let train = try DataSources.load(spec.data, roots: scheduler.settings.dataRoots, size: spec.augment.size, allowAbsolute: false)
+        let train = try DataSources.load(spec.data, roots: scheduler.settings.dataRoots, size: spec.augment.size, allowAbsolute: false,
+                                         channels: spec.model.in_channels)
         let stats = train.channelStatistics()
         return (spec.augment.mean ?? stats.mean.map { Float($0) }, spec.augment.std ?? stats.std.map { Float(max($0, 1e-6)) })
     }

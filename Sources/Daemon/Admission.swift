@@ -11,8 +11,8 @@ extension Scheduler {
         let spec: JobSpec
         do { spec = try JobSpec.parse(body) } catch { return .failure(error) }
         var issues: [FieldIssue] = spec.machineIssues(bf16: Runtime.bf16)
-        for (field, path) in [("data.path", spec.data.path)] + (spec.eval.map { [("eval.path", $0.path)] } ?? []) {
-            do { _ = try DataSources.resolve(path, roots: settings.dataRoots, allowAbsolute: false) } catch {
+        for (field, source) in [("data.path", spec.data)] + (spec.eval.map { [("eval.path", $0.source)] } ?? []) {
+            do { _ = try DataSources.locate(source, roots: settings.dataRoots, allowAbsolute: false) } catch {
                 issues.append(FieldIssue(field, error.message))
             }
         }

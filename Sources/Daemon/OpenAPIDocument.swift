@@ -63,16 +63,18 @@ components:
           additionalProperties: false
           required: [path]
           properties:
-            format: {type: string, enum: [idx, cifar10, cifar100, folder, npy]}
+            format: {type: string, enum: [idx, cifar10, cifar100, folder, npy, tar], description: 'idx, cifar10, cifar100 and npy are loaded into memory; folder (PNG/JPEG images, one subfolder per class or none) and tar (WebDataset-style shards - a folder of .tar files or a brace pattern in the file name such as shards/train-{000..099}.tar - with key.jpg/.jpeg/.png and an optional key.cls label) are streamed - indexed without decoding (the index cached in the job''s directory) and each image decoded when a view needs it, random-resized crops taken from the whole image.'}
             path: {type: string, minLength: 1, maxLength: 4096, pattern: '^[^\x00-\x1f\x7f-\x9f]*$', description: Relative to a data root (no NUL or control characters).}
             split: {type: string, description: 'train, test, or (folder) a plain subfolder name.'}
             limit: {type: [integer, 'null'], minimum: 1, maximum: 2147483648}
+            cache_mb: {type: integer, minimum: 0, maximum: 65536, description: 'Streamed formats - the decoded-image cache''s budget in MiB (default 256; 0 - no cache).'}
+            max_error_rate: {type: number, minimum: 0, maximum: 1, description: 'Streamed formats - unusable images (empty, truncated, not an image, a decompression bomb, unreadable) are skipped, named in the job''s log and counted (data_errors); past this share of the images tried (judged after 100, or half of a smaller dataset) the job fails with the counts (default 0.01).'}
         eval:
           type: [object, 'null']
           additionalProperties: false
           required: [path]
           properties:
-            format: {type: string, enum: [idx, cifar10, cifar100, folder, npy]}
+            format: {type: string, enum: [idx, cifar10, cifar100, folder, npy, tar]}
             path: {type: string, minLength: 1, maxLength: 4096, pattern: '^[^\x00-\x1f\x7f-\x9f]*$'}
             split: {type: string}
             limit: {type: [integer, 'null'], minimum: 1, maximum: 2147483648}
@@ -354,7 +356,7 @@ paths:
         - {name: format, in: query, schema: {type: string, enum: [json, csv]}}
       responses:
         '200':
-          description: Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance, eta_seconds, knn_top1), time, precision (fp32 or bf16, the precision it computed in), and on a distributed job's steps allreduce_bytes and allreduce_seconds (the all-reduce of gradients and batch-norm statistics: bytes per rank, seconds on rank 0).
+          description: Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance, eta_seconds, knn_top1), time, precision (fp32 or bf16, the precision it computed in), on a streamed dataset's steps data_errors (unusable images so far), and on a distributed job's steps allreduce_bytes and allreduce_seconds (the all-reduce of gradients and batch-norm statistics: bytes per rank, seconds on rank 0).
           content:
             application/json: {schema: {type: object, properties: {job_id: {type: string}, next_after_step: {type: integer}, total_points: {type: integer}, points: {type: array, items: {type: object}}}}}
             text/csv: {schema: {type: string}}

@@ -41,8 +41,19 @@ struct FloatImage {
 public enum Augment {
     /// One augmented view of image `index` of `ds`, written normalized into `out`
     /// (`channels x size x size` floats). With preset `none`, only resize and normalize.
+    ///
+    /// A streamed dataset's crops come from the whole decoded image, as in the papers; with
+    /// preset `none` its image is resized (shorter side) and center-cropped.
     public static func view<G: RandomNumberGenerator>(_ ds: ImageDataset, _ index: Int, _ cfg: AugmentConfig,
                                                       rng: inout G, into out: UnsafeMutablePointer<Float>) {
+        if ds.stream != nil && cfg.preset == .none {
+            let crop = ds.centerCrop(index)
+            let centered = ImageDataset(count: 1, height: ds.height, width: ds.width, channels: ds.channels, pixels: crop)
+            var img = load(centered, 0)
+            if img.h != cfg.size || img.w != cfg.size { img = resizedCrop(img, top: 0, left: 0, height: img.h, width: img.w, size: cfg.size) }
+            normalize(img, mean: cfg.mean, std: cfg.std, into: out)
+            return
+        }
         var img = load(ds, index)
         if cfg.preset == .none {
             img = resizedCrop(img, top: 0, left: 0, height: img.h, width: img.w, size: cfg.size)
@@ -67,6 +78,10 @@ public enum Augment {
     }
 
     static func load(_ ds: ImageDataset, _ index: Int) -> FloatImage {
+        if let stream = ds.stream {
+            guard let d = stream.image(index) else { return FloatImage(c: ds.channels, h: ds.height, w: ds.width, v: [Float](repeating: 0, count: ds.imageBytes)) }
+            return load(ImageDataset(count: 1, height: d.height, width: d.width, channels: d.channels, pixels: d.pixels), 0)
+        }
         var img = FloatImage(c: ds.channels, h: ds.height, w: ds.width, v: [Float](repeating: 0, count: ds.imageBytes))
         let base = index * ds.imageBytes
         ds.pixels.withUnsafeBufferPointer { p in

@@ -63,16 +63,48 @@ public enum DataSources {
     /// Files are opened through `Readers.openFile(_:within:)`, which checks on the open descriptor
     /// that the file is still inside the root (a symlink swapped since `locate` is not followed
     /// out). Errors name files relative to the data root.
-    public static func load(_ source: JobSpec.DataSource, roots: [String], size: Int, allowAbsolute: Bool = true) throws(DataError) -> ImageDataset {
-        let location = try locate(source.path, roots: roots, allowAbsolute: allowAbsolute)
+    ///
+    /// Image folders and tar shards are streamed (`ImageStream`): indexed without decoding (the
+    /// index cached at `indexCache`, a file in the job's directory, while the data is unchanged),
+    /// every image converted to `channels`, decoded when a view needs it.
+    public static func load(_ source: JobSpec.DataSource, roots: [String], size: Int, allowAbsolute: Bool = true,
+                            channels: Int = 3, indexCache: URL? = nil) throws(DataError) -> ImageDataset {
+        let location = try locate(source, roots: roots, allowAbsolute: allowAbsolute)
         do {
-            return try load(source, at: location, size: size)
+            return try load(source, at: location, size: size, channels: channels, indexCache: indexCache)
         } catch {
             throw DataError(file: location.display(error.file), error.message)
         }
     }
 
-    static func load(_ source: JobSpec.DataSource, at location: Location, size: Int) throws(DataError) -> ImageDataset {
+    /// `locate` for a data source: a tar brace pattern's folder is located (braces may appear in
+    /// the shard file name only).
+    public static func locate(_ source: JobSpec.DataSource, roots: [String], allowAbsolute: Bool) throws(DataError) -> Location {
+        guard source.format == .tar, source.path.contains("{") else { return try locate(source.path, roots: roots, allowAbsolute: allowAbsolute) }
+        let folder = (source.path as NSString).deletingLastPathComponent
+        guard !folder.contains("{") else { throw DataError(file: source.path, "braces may only appear in the shard file name") }
+        var location = try locate(folder.isEmpty ? "." : folder, roots: roots, allowAbsolute: allowAbsolute)
+        location.path += "/" + (source.path as NSString).lastPathComponent
+        return location
+    }
+
+    static func load(_ source: JobSpec.DataSource, at location: Location, size: Int, channels: Int = 3,
+                     indexCache: URL? = nil) throws(DataError) -> ImageDataset {
+        if source.isStreamed {
+            let path = location.path
+            let build = { () throws(DataError) -> ImageIndex in
+                if source.format == .tar { return try ImageIndex.shards(try ImageIndex.shardPaths(path), within: location.root) }
+                var isDir: ObjCBool = false
+                let sub = path + "/" + source.split
+                let dir = FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : path
+                close(try Readers.openFile(dir, within: location.root, directory: true))   // a directory inside the data root
+                return try ImageIndex.folder(dir)
+            }
+            let index: ImageIndex
+            if let indexCache { index = try ImageIndex.cached(at: indexCache, build: build).0 } else { index = try build() }
+            return ImageDataset(stream: ImageStream(index: index, root: location.root, channels: channels, size: size,
+                                                    cacheBytes: source.cacheBytes, limit: source.limit))
+        }
         let path = location.path, root = location.root
         let ds: ImageDataset
         switch source.format {
@@ -95,6 +127,8 @@ public enum DataSources {
             let sub = path + "/" + source.split
             let dir = FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : path
             ds = try Readers.imageFolder(dir, size: size, within: root)
+        case .tar:
+            throw DataError(file: path, "tar shards are streamed")   // (handled above)
         case .npy:
             ds = try Readers.npy(path, within: root)
         }
@@ -105,7 +139,7 @@ public enum DataSources {
 extension DataSources {
     /// The formats `inspect` reads: the spec's, and `tar` (WebDataset-style shards: a folder of
     /// `.tar` files, or a brace pattern in the file name such as `shards/train-{000..099}.tar`).
-    public static let inspectableFormats = JobSpec.DataFormat.allCases.map(\.rawValue) + ["tar"]
+    public static let inspectableFormats = JobSpec.DataFormat.allCases.map(\.rawValue)
 
     /// What a dataset holds (see `DatasetReport`), files named relative to their data root.
     /// Image folders and tar shards are indexed and each image's header read (`decode`: each
@@ -117,11 +151,9 @@ extension DataSources {
         }
         if format == "tar" {
             // A pattern's braces are in the file name: the folder is located, the name expanded in it.
-            let (folder, name) = path.contains("{") ? ((path as NSString).deletingLastPathComponent, (path as NSString).lastPathComponent) : (path, "")
-            guard !folder.contains("{") else { throw DataError(file: path, "braces may only appear in the shard file name") }
-            let location = try locate(folder.isEmpty ? "." : folder, roots: roots, allowAbsolute: allowAbsolute)
+            let location = try locate(JobSpec.DataSource(format: .tar, path: path, split: "train"), roots: roots, allowAbsolute: allowAbsolute)
             do {
-                let shards = try ImageIndex.shardPaths(name.isEmpty ? location.path : location.path + "/" + name)
+                let shards = try ImageIndex.shardPaths(location.path)
                 var report = DatasetReport.inspect(try ImageIndex.shards(shards, within: location.root), path: path, decode: decode, within: location.root)
                 report.first_errors = report.first_errors.map { location.display($0) }
                 return report

@@ -24,7 +24,7 @@ public struct SpecError: Error, Sendable, CustomStringConvertible {
 public struct JobSpec: Codable, Sendable, Equatable {
     public enum Method: String, Codable, Sendable, CaseIterable { case moco_v2, moco_v1 }
     /// How a dataset is stored (see README's data formats).
-    public enum DataFormat: String, Codable, Sendable, CaseIterable { case idx, cifar10, cifar100, folder, npy }
+    public enum DataFormat: String, Codable, Sendable, CaseIterable { case idx, cifar10, cifar100, folder, npy, tar }
     /// `linear`: `lr * batch_size / 256`; `none`: `lr` as given.
     public enum LRScaling: String, Codable, Sendable, CaseIterable { case linear, none }
     /// `cosine` (per epoch), `cosine_step` (per step), `step` (x0.1 at `milestones`), `constant`.
@@ -36,9 +36,18 @@ public struct JobSpec: Codable, Sendable, Equatable {
         /// `train` or `test` (ignored by `npy`; a subfolder name for `folder` when it exists).
         public var split: String
         public var limit: Int?
-        public init(format: DataFormat, path: String, split: String, limit: Int? = nil) {
+        /// Streamed formats (`folder`, `tar`): the decoded-image cache's budget in MiB (0: none).
+        public var cache_mb: Int?
+        /// Streamed formats: the share of unusable images (skipped and counted) that fails the job.
+        public var max_error_rate: Double?
+        public init(format: DataFormat, path: String, split: String, limit: Int? = nil, cache_mb: Int? = nil, max_error_rate: Double? = nil) {
             self.format = format; self.path = path; self.split = split; self.limit = limit
+            self.cache_mb = cache_mb; self.max_error_rate = max_error_rate
         }
+        public var cacheBytes: Int { (cache_mb ?? 256) << 20 }
+        public var errorRateLimit: Double { max_error_rate ?? 0.01 }
+        /// Whether the images are decoded as views need them (image folders, tar shards).
+        public var isStreamed: Bool { format == .folder || format == .tar }
     }
 
     public struct Eval: Codable, Sendable, Equatable {
@@ -137,7 +146,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         return [
             "name": "moco-job",
             "method": method.rawValue,
-            "data": ["format": "idx", "path": NSNull(), "split": "train", "limit": NSNull()] as [String: Any],
+            "data": ["format": "idx", "path": NSNull(), "split": "train", "limit": NSNull(), "cache_mb": 256, "max_error_rate": 0.01] as [String: Any],
             "eval": NSNull(),
             // The papers' ImageNet defaults: ResNet-50, 224px, K 65536, m 0.999.
             "model": ["arch": "resnet50", "stem": "imagenet", "width": 64, "in_channels": 3, "dim": 128,
@@ -260,7 +269,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
 
     /// Fields decoded as integers (`[]`: every element of the array); the rest are floats.
     static let integerFields: Set<String> = [
-        "data.limit", "eval.limit", "eval.knn_k", "eval.every_epochs", "model.width", "model.in_channels", "model.dim",
+        "data.limit", "data.cache_mb", "eval.limit", "eval.knn_k", "eval.every_epochs", "model.width", "model.in_channels", "model.dim",
         "model.mlp_hidden", "moco.queue", "moco.bn_splits", "augment.size", "optim.batch_size", "optim.epochs",
         "optim.milestones[]", "optim.warmup_epochs", "checkpoint.every_epochs", "checkpoint.every_steps",
         "checkpoint.keep_last", "checkpoint.keep_best", "seed", "threads", "max_restarts", "distributed.processes", "distributed.timeout_s",
@@ -337,6 +346,8 @@ public struct JobSpec: Codable, Sendable, Equatable {
         path("data.path", data.path)
         need(["train", "test"].contains(data.split) || Self.isPlainName(data.split), "data.split", "must be train, test or a plain folder name")
         need(data.limit.map { between($0, 1, Self.maxImages) } ?? true, "data.limit", "must be between 1 and \(Self.maxImages), or null")
+        need(data.cache_mb.map { between($0, 0, 65_536) } ?? true, "data.cache_mb", "must be between 0 and 65536")
+        need(data.max_error_rate.map { $0.isFinite && between($0, 0, 1) } ?? true, "data.max_error_rate", "must be between 0 and 1")
         if let e = eval {
             path("eval.path", e.path)
             need(["train", "test"].contains(e.split) || Self.isPlainName(e.split), "eval.split", "must be train, test or a plain folder name")

@@ -36,6 +36,8 @@ public struct MetricPoint: Sendable, Codable, Equatable {
     /// and the seconds it took on rank 0 (nil on one process).
     public var allreduce_bytes: Int? = nil
     public var allreduce_seconds: Double? = nil
+    /// A streamed dataset's unusable images so far (skipped and counted; all ranks together).
+    public var data_errors: Int? = nil
 }
 
 /// What the trainer reports while it runs.
@@ -267,6 +269,14 @@ public final class Trainer {
                     return .failed(reason: reason)
                 }
                 step += 1
+                // A streamed dataset's unusable images (each named once in the log) and images
+                // tried, summed over the ranks.
+                for m in train.stream?.takeNewErrors() ?? [] where isWriter { emit(.message("skipped an unusable image: \(m)")) }
+                var (bad, tried) = train.stream?.errorCounts ?? (0, 0)
+                // (Problems found while indexing are in every rank's counts: rank 0's stand for all.)
+                if !isWriter, let problems = train.stream?.index.problems.count { bad -= problems; tried -= problems }
+                var dataCounts = [Float(bad), Float(tried)]
+                if let ranks, train.stream != nil { try ranks.allReduceSum(&dataCounts) }
 
                 let now = Date()
                 let seconds = now.timeIntervalSince(tick)
@@ -280,11 +290,18 @@ public final class Trainer {
                                         instance_accuracy: Double(accuracy), feature_std: Double(featureStd),
                                         loss_at_chance: chance, eta_seconds: Double(total - step) / max(rate, 1e-9), knn_top1: nil,
                                         time: now.timeIntervalSince1970, precision: spec.precision,
-                                        allreduce_bytes: allReduce?.bytes, allreduce_seconds: allReduce?.seconds)
+                                        allreduce_bytes: allReduce?.bytes, allreduce_seconds: allReduce?.seconds,
+                                        data_errors: train.stream == nil ? nil : Int(dataCounts[0]))
                 try metrics?.append(point)
                 emit(.step(point))
+                if let reason = DataErrorLimit(rate: spec.data.errorRateLimit).exceeded(bad: Int(dataCounts[0]), tried: Int(dataCounts[1]),
+                                                                                      count: train.count) {
+                    emit(.message(reason))
+                    return .failed(reason: reason)
+                }
                 if let every = spec.checkpoint.every_steps, step % every == 0 { try checkpointMidEpoch() }
-                // A stop request reaches the ranks at different moments: they stop together when any has one.
+                // A stop request reaches the ranks at different moments: they stop together when any
+                // has one. (Read after the checkpoint, so a stop that came during it takes no extra step.)
                 var stop = [Float(shouldStop() ? 1 : 0)]
                 if let ranks { try ranks.allReduceSum(&stop) }
                 if stop[0] > 0 || stopAfterSteps.map({ step >= $0 }) == true {
@@ -330,4 +347,21 @@ final class MetricsWriter {
     }
 
     deinit { try? handle.close() }
+}
+
+/// When a streamed dataset's unusable images fail the job (`data.max_error_rate`), as a pure
+/// function: their share of the images tried, judged once 100 have been tried (or half of a
+/// smaller dataset), must not exceed the limit.
+public struct DataErrorLimit: Sendable, Equatable {
+    public var rate: Double
+    public init(rate: Double) { self.rate = rate }
+
+    /// The failure reason, or nil while within the limit.
+    public func exceeded(bad: Int, tried: Int, count: Int) -> String? {
+        guard bad > 0, tried >= min(100, max(1, count / 2)) else { return nil }
+        let share = Double(bad) / Double(max(tried, 1))
+        guard share > rate else { return nil }
+        return String(format: "%d of %d images tried could not be used (%.1f%%), more than data.max_error_rate (%.1f%%); the job's log names them",
+                      bad, tried, 100 * share, 100 * rate)
+    }
 }

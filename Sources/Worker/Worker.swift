@@ -141,8 +141,11 @@ public enum Worker {
         // From here the spec's limit on waiting for the other ranks holds.
         world?.limitWaiting(seconds: Double(spec.distributed.timeout_s))
         let (train, eval) = try agreed(world) {
-            (try DataSources.load(spec.data, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false),
-             try spec.eval.map { try DataSources.load($0.source, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false) })
+            (try DataSources.load(spec.data, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false,
+                                  channels: spec.model.in_channels, indexCache: options.jobDirectory.appendingPathComponent("data-index.json")),
+             try spec.eval.map { try DataSources.load($0.source, roots: options.dataRoots, size: spec.augment.size, allowAbsolute: false,
+                                                      channels: spec.model.in_channels,
+                                                      indexCache: options.jobDirectory.appendingPathComponent("eval-index.json")) })
         }
         if let world {
             // Ranks on hosts with different copies of the data would step through different epochs.

@@ -105,8 +105,9 @@ func normalization(_ spec: JobSpec, train: ImageDataset?) -> ([Float], [Float]) 
     return (spec.augment.mean ?? stats.mean.map { Float($0) }, spec.augment.std ?? stats.std.map { Float(max($0, 1e-6)) })
 }
 
-func load(_ source: JobSpec.DataSource, _ roots: [String], size: Int) -> ImageDataset {
-    do { return try DataSources.load(source, roots: roots, size: size) } catch { fail("\(error)") }
+/// A dataset (image folders and tar shards streamed with `channels` channels; their index cached at `indexCache`).
+func load(_ source: JobSpec.DataSource, _ roots: [String], size: Int, channels: Int, indexCache: URL? = nil) -> ImageDataset {
+    do { return try DataSources.load(source, roots: roots, size: size, channels: channels, indexCache: indexCache) } catch { fail("\(error)") }
 }
 
 // MARK: - train
@@ -130,8 +131,11 @@ struct Train: ParsableCommand {
         if let precision { spec.precision = precision }
         let machine = spec.machineIssues(bf16: Runtime.bf16)
         if !machine.isEmpty { fail("\(SpecError(machine))") }
-        let train = load(spec.data, data.roots, size: spec.augment.size)
-        let eval = spec.eval.map { load($0.source, data.roots, size: spec.augment.size) }
+        let outURL0 = URL(fileURLWithPath: out)
+        let train = load(spec.data, data.roots, size: spec.augment.size, channels: spec.model.in_channels,
+                         indexCache: outURL0.appendingPathComponent("data-index.json"))
+        let eval = spec.eval.map { load($0.source, data.roots, size: spec.augment.size, channels: spec.model.in_channels,
+                                        indexCache: outURL0.appendingPathComponent("eval-index.json")) }
         // Under mpiexec (the spec's distributed.processes above 1) the ranks train together;
         // rank 0 writes and reports, the others stay quiet.
         var world: Communicator?
@@ -251,8 +255,8 @@ struct Eval: ParsableCommand {
             guard let fallback else { fail("the checkpoint's spec has no eval split; give --eval") }
             return fallback
         }
-        let train = load(source(data, info.spec.data), roots.roots, size: size)
-        let test = load(source(eval, info.spec.eval?.source), roots.roots, size: size)
+        let train = load(source(data, info.spec.data), roots.roots, size: size, channels: info.spec.model.in_channels)
+        let test = load(source(eval, info.spec.eval?.source), roots.roots, size: size, channels: info.spec.model.in_channels)
         guard train.labels != nil, test.labels != nil else { fail("evaluation needs labeled splits") }
         let (enc, mean, std) = encoder(from: file, info: info, train: train)
         if protocolName == "knn" {
@@ -303,7 +307,7 @@ struct Export: ParsableCommand {
     func run() throws {
         let (file, info) = loadCheckpoint(checkpoint)
         let needsTrain = info.spec.augment.mean == nil || info.spec.augment.std == nil
-        let train = needsTrain ? load(info.spec.data, roots.roots, size: info.spec.augment.size) : nil
+        let train = needsTrain ? load(info.spec.data, roots.roots, size: info.spec.augment.size, channels: info.spec.model.in_channels) : nil
         let (mean, std) = normalization(info.spec, train: train)
         do {
             let exported = try Checkpoint.exportEncoder(file, mean: mean, std: std)
@@ -326,9 +330,9 @@ struct Embed: ParsableCommand {
         let (file, info) = loadCheckpoint(checkpoint)
         let source: JobSpec.DataSource
         do { source = try JSONDecoder().decode(DataArgument.self, from: readJSONArgument(data)).source } catch { fail("bad data object: \(error)") }
-        let images = load(source, roots.roots, size: info.spec.augment.size)
+        let images = load(source, roots.roots, size: info.spec.augment.size, channels: info.spec.model.in_channels)
         let needsTrain = info.spec.augment.mean == nil || info.spec.augment.std == nil
-        let train = needsTrain ? load(info.spec.data, roots.roots, size: info.spec.augment.size) : nil
+        let train = needsTrain ? load(info.spec.data, roots.roots, size: info.spec.augment.size, channels: info.spec.model.in_channels) : nil
         let (enc, mean, std) = encoder(from: file, info: info, train: train)
         let t0 = Date()
         let f = Evaluation.features(enc, images, mean: mean, std: std, precision: precision)

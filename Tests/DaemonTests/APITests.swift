@@ -233,7 +233,7 @@ final class CountLog: @unchecked Sendable {
         let points = try #require(d.request("GET", "/v1/jobs/\(id)/metrics").json["points"] as? [[String: Any]])
         #expect(points.count == 8 && points.allSatisfy { $0["precision"] as? String == "bf16" })
         let csv = String(decoding: d.request("GET", "/v1/jobs/\(id)/metrics?format=csv").body, as: UTF8.self).split(separator: "\n")
-        #expect(csv.first?.hasSuffix(",precision,allreduce_bytes,allreduce_seconds") == true && csv.dropFirst().allSatisfy { $0.hasSuffix(",bf16,,") })
+        #expect(csv.first?.hasSuffix(",precision,allreduce_bytes,allreduce_seconds,data_errors") == true && csv.dropFirst().allSatisfy { $0.hasSuffix(",bf16,,,") })
         // An fp32 job says fp32.
         let plain = d.request("POST", "/v1/jobs", body: LiveDaemon.spec)
         #expect(plain.json["precision"] as? String == "fp32")

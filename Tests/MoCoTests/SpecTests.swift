@@ -51,7 +51,7 @@ import Testing
     /// every other problem (a decoder alone would stop at the first).
     @Test func closedSetsAreReportedWithTheRest() {
         let bad = #"""
-        {"data": {"path": "x", "format": "csv"}, "eval": {"path": "y", "format": "tar"}, "model": {"arch": "vgg", "stem": "tiny"},
+        {"data": {"path": "x", "format": "csv"}, "eval": {"path": "y", "format": "zip"}, "model": {"arch": "vgg", "stem": "tiny"},
          "augment": {"preset": "v3"}, "optim": {"lr_scaling": "sqrt", "schedule": "linear", "lr": -1}, "precision": "fp16"}
         """#
         do {
@@ -60,8 +60,8 @@ import Testing
         } catch {
             let found = Dictionary(error.issues.map { ($0.field, $0.problem) }, uniquingKeysWith: { a, _ in a })
             #expect(found == [
-                "data.format": "must be one of idx, cifar10, cifar100, folder, npy",
-                "eval.format": "must be one of idx, cifar10, cifar100, folder, npy",
+                "data.format": "must be one of idx, cifar10, cifar100, folder, npy, tar",
+                "eval.format": "must be one of idx, cifar10, cifar100, folder, npy, tar",
                 "model.arch": "must be one of resnet18, resnet34, resnet50",
                 "model.stem": "must be one of imagenet, cifar",
                 "augment.preset": "must be one of v2, v1, none",
