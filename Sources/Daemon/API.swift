@@ -1,4 +1,5 @@
 import Autograd
+import Data
 import Foundation
 import HTTP
 import Jobs
@@ -87,6 +88,7 @@ public final class API: Sendable {
         r.add("GET", "/healthz") { [self] _ in health() }
         r.add("GET", "/openapi.yaml") { [self] _ in HTTPResponse(contentType: "application/yaml", text: openAPI) }
         r.add("GET", "/v1/info") { [self] _ in info() }
+        r.add("GET", "/v1/datasets") { [self] _ in datasets() }
         r.add("GET", "/metrics") { [self] _ in prometheus() }
         r.add("POST", "/v1/jobs") { [self] in submit($0) }
         r.add("GET", "/v1/jobs") { [self] in list($0) }
@@ -408,6 +410,16 @@ public final class API: Sendable {
     }
 
     // MARK: - Info and Prometheus
+
+    /// What lies under the data roots (see `DataSources.discover`).
+    func datasets() -> HTTPResponse {
+        .json(DatasetList(roots: scheduler.settings.dataRoots, datasets: DataSources.discover(roots: scheduler.settings.dataRoots)))
+    }
+
+    struct DatasetList: Encodable {
+        var roots: [String]
+        var datasets: [DatasetReport]
+    }
 
     func info() -> HTTPResponse {
         .json(Info(version: Self.version, threads: scheduler.settings.threads, max_running: scheduler.settings.maxRunning,

@@ -245,6 +245,44 @@ paths:
                       slots_total: {type: integer}
                       slots_free: {type: integer, description: Slots no running distributed job holds.}
         '401': {$ref: '#/components/responses/Error'}
+  /v1/datasets:
+    get:
+      summary: The datasets under the data roots, each with its format (told from its contents), sample count, image sizes, classes and unusable images.
+      description: 'Entries directly under each data root - IDX, CIFAR and NPY datasets (loaded to count them), image folders and folders of tar shards (indexed; the headers of up to 200 images, spread evenly, read: probed says how many). The path is what a spec names. moco data inspect reports the same facts for one dataset, reading every image.'
+      responses:
+        '200':
+          description: The datasets.
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [roots, datasets]
+                properties:
+                  roots: {type: array, items: {type: string}}
+                  datasets:
+                    type: array
+                    items:
+                      type: object
+                      required: [format, path, count, readable, gray, color, errors, first_errors, decoded]
+                      properties:
+                        format: {type: string, enum: [idx, cifar10, cifar100, folder, npy, tar]}
+                        path: {type: string}
+                        count: {type: integer}
+                        readable: {type: integer, description: Samples whose image could be read (of those probed).}
+                        probed: {type: integer, description: Samples whose header was read (folders and shards).}
+                        min_width: {type: integer}
+                        max_width: {type: integer}
+                        min_height: {type: integer}
+                        max_height: {type: integer}
+                        gray: {type: integer}
+                        color: {type: integer}
+                        classes:
+                          type: array
+                          items: {type: object, properties: {name: {type: string}, count: {type: integer}}}
+                        errors: {type: integer}
+                        first_errors: {type: array, items: {type: string}}
+                        decoded: {type: boolean}
+        '401': {$ref: '#/components/responses/Error'}
   /metrics:
     get:
       summary: Prometheus metrics (jobs by state, steps, images/s, HTTP requests, latency, waits for the API's CPU budget).

@@ -78,17 +78,29 @@ public struct DatasetReport: Codable, Sendable, Equatable {
     public var first_errors: [String]
     /// Whether every image was decoded whole (finds truncated files), or only its header read.
     public var decoded: Bool
+    /// Samples whose image was read: all of them, or (a quick look) an even spread of some;
+    /// `readable`, the sizes, the channel counts and the errors are then those of the spread.
+    public var probed: Int?
 
     /// At most this many errors are listed by name.
     public static let listedErrors = 20
 
     /// Reads every sample of `index` (its header, or the whole image when `decode`), in order.
-    public static func inspect(_ index: ImageIndex, path: String, decode: Bool, within root: String? = nil) -> DatasetReport {
+    /// `sample`: read only that many samples, spread evenly (class counts stay exact: they come
+    /// from the index).
+    public static func inspect(_ index: ImageIndex, path: String, decode: Bool, within root: String? = nil, sample: Int? = nil) -> DatasetReport {
         var report = DatasetReport(format: index.layout.rawValue, path: path, count: index.count, readable: 0, gray: 0, color: 0,
                                    errors: index.problems.count, first_errors: index.problems.prefix(listedErrors).map(\.description), decoded: decode)
+        let picks: [Int] = sample.map { n in n >= index.count ? Array(0..<index.count) : (0..<n).map { $0 * index.count / n } } ?? Array(0..<index.count)
+        report.probed = picks.count
         var perClass = [Int](repeating: 0, count: index.classNames?.count ?? 0)
         var labelCounts: [Int: Int] = [:]
         for i in 0..<index.count {
+            if let label = index.labels?[i] {
+                if label >= 0 && label < perClass.count { perClass[label] += 1 } else { labelCounts[label, default: 0] += 1 }
+            }
+        }
+        for i in picks {
             do {
                 let bytes = try index.bytes(of: i, within: root)
                 let h = try ImageProbe.header(bytes, file: index.names[i])
@@ -97,9 +109,6 @@ public struct DatasetReport: Codable, Sendable, Equatable {
                 report.min_width = min(report.min_width ?? .max, h.width); report.max_width = max(report.max_width ?? 0, h.width)
                 report.min_height = min(report.min_height ?? .max, h.height); report.max_height = max(report.max_height ?? 0, h.height)
                 if h.channels == 1 { report.gray += 1 } else { report.color += 1 }
-                if let label = index.labels?[i] {
-                    if label >= 0 && label < perClass.count { perClass[label] += 1 } else { labelCounts[label, default: 0] += 1 }
-                }
             } catch {
                 report.errors += 1
                 if report.first_errors.count < listedErrors { report.first_errors.append(error.description) }
@@ -126,9 +135,15 @@ public struct DatasetReport: Codable, Sendable, Equatable {
                              color: ds.channels == 1 ? 0 : ds.count, classes: classes, errors: 0, first_errors: [], decoded: true)
     }
 
+    /// The report of a dataset that could not be read at all.
+    public static func unreadable(format: String, path: String, message: String) -> DatasetReport {
+        DatasetReport(format: format, path: path, count: 0, readable: 0, gray: 0, color: 0, errors: 1, first_errors: [message], decoded: false)
+    }
+
     /// The report as lines for a terminal.
     public var text: String {
-        var lines = ["\(path): \(format), \(count) sample(s), \(readable) readable" + (decoded ? " (decoded whole)" : " (headers read)")]
+        let spread = probed.map { $0 < count ? " of \($0) sampled" : "" } ?? ""
+        var lines = ["\(path): \(format), \(count) sample(s), \(readable)\(spread) readable" + (decoded ? " (decoded whole)" : " (headers read)")]
         if let a = min_width, let b = max_width, let c = min_height, let d = max_height {
             lines.append("  sizes: width \(a)–\(b), height \(c)–\(d); \(gray) gray, \(color) color")
         }

@@ -181,3 +181,60 @@ extension DataSources {
         }
     }
 }
+
+extension DataSources {
+    /// The datasets lying directly under the data roots, each with its format told from its
+    /// contents and the facts `inspect` reports: the in-memory formats loaded, folders and tar
+    /// shards indexed with the headers of up to `sample` images read (spread evenly), so a
+    /// listing stays quick however large they are. One that cannot be read is listed with why.
+    public static func discover(roots: [String], sample: Int = 200) -> [DatasetReport] {
+        let fm = FileManager.default
+        var out: [DatasetReport] = []
+        var seen: Set<String> = []
+        for root in roots {
+            let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
+            guard seen.insert(realRoot).inserted else { continue }
+            for name in ((try? fm.contentsOfDirectory(atPath: realRoot)) ?? []).sorted() where !name.hasPrefix(".") {
+                let full = realRoot + "/" + name
+                guard let format = formatOf(full) else { continue }
+                let location = Location(path: full, root: realRoot)
+                do {
+                    switch format {
+                    case .tar:
+                        let index = try ImageIndex.shards(try ImageIndex.shardPaths(full), within: realRoot)
+                        out.append(DatasetReport.inspect(index, path: name, decode: false, within: realRoot, sample: sample))
+                    case .folder:
+                        let index = try ImageIndex.folder(full)
+                        out.append(DatasetReport.inspect(index, path: name, decode: false, within: realRoot, sample: sample))
+                    default:
+                        let source = JobSpec.DataSource(format: format, path: name, split: "train")
+                        out.append(DatasetReport.inMemory(try load(source, at: location, size: 32), format: format.rawValue, path: name))
+                    }
+                } catch {
+                    out.append(DatasetReport.unreadable(format: format.rawValue, path: name,
+                                                        message: "\(DataError(file: location.display(error.file), error.message))"))
+                }
+            }
+        }
+        return out
+    }
+
+    /// A dataset's format told from what it holds (nil: not a dataset).
+    static func formatOf(_ path: String) -> JobSpec.DataFormat? {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return nil }
+        if !isDir.boolValue { return path.lowercased().hasSuffix(".npy") ? .npy : nil }
+        let names = Set(((try? fm.contentsOfDirectory(atPath: path)) ?? []).filter { !$0.hasPrefix(".") })
+        if names.contains(where: { $0.hasPrefix("train-images-idx3-ubyte") || $0.hasPrefix("t10k-images-idx3-ubyte") }) { return .idx }
+        if names.contains("data_batch_1.bin") { return .cifar10 }
+        if names.contains("train.bin") && names.contains("test.bin") { return .cifar100 }
+        if names.contains(where: { $0.lowercased().hasSuffix(".tar") }) { return .tar }
+        let images: (String) -> Bool = { ["jpg", "jpeg", "png"].contains(($0 as NSString).pathExtension.lowercased()) }
+        if names.contains(where: images) { return .folder }
+        let subfolderImages = names.contains { sub in
+            ((try? fm.contentsOfDirectory(atPath: path + "/" + sub)) ?? []).contains(where: images)
+        }
+        return subfolderImages ? .folder : nil
+    }
+}

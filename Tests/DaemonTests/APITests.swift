@@ -214,6 +214,39 @@ final class CountLog: @unchecked Sendable {
 
     /// A bf16 job (run in a worker process) says which precision ran: in the job, in every
     /// metrics point and in the CSV. Where oneDNN has no bf16 kernels it is refused with the field.
+    /// GET /v1/datasets: what lies under the data roots, each with its format told from its
+    /// contents and its facts; a streamed job trains on a folder from it.
+    @Test func datasetsUnderTheRootsAreListed() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let root = d.dir.appendingPathComponent("datasets")
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/images")
+        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("folder"), to: root.appendingPathComponent("pets"))
+        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("corrupt"), to: root.appendingPathComponent("broken"))
+        try FileManager.default.createDirectory(at: root.appendingPathComponent("notes"), withIntermediateDirectories: true)
+        let r = d.request("GET", "/v1/datasets")
+        #expect(r.status == 200)
+        let list = r.json["datasets"] as? [[String: Any]] ?? []
+        let byPath = Dictionary(uniqueKeysWithValues: list.compactMap { e in (e["path"] as? String).map { ($0, e) } })
+        #expect(Set(byPath.keys) == ["broken", "imgs.npy", "pets"], "\(byPath.keys)")
+        #expect(byPath["imgs.npy"]?["format"] as? String == "npy" && byPath["imgs.npy"]?["count"] as? Int == 64)
+        let pets = try #require(byPath["pets"])
+        #expect(pets["format"] as? String == "folder" && pets["count"] as? Int == 6 && pets["readable"] as? Int == 6)
+        #expect((pets["classes"] as? [[String: Any]])?.compactMap { $0["name"] as? String } == ["cat", "dog"])
+        let broken = try #require(byPath["broken"])
+        #expect(broken["count"] as? Int == 5 && broken["errors"] as? Int == 3, "\(broken)")
+        #expect((broken["first_errors"] as? [String])?.contains("empty.jpg: empty file") == true, "\(broken)")
+        // A job on the folder streams it: the index is cached in the job's directory, not in the data.
+        let spec = LiveDaemon.spec.replacingOccurrences(of: #""data": {"format": "npy", "path": "imgs.npy"}"#,
+                                                        with: #""data": {"format": "folder", "path": "pets"}"#)
+            .replacingOccurrences(of: #""batch_size": 16"#, with: #""batch_size": 4"#)
+        let created = d.request("POST", "/v1/jobs", body: spec)
+        let id = try #require(created.json["id"] as? String, "\(created.json)")
+        #expect(d.waitFor(id, ["succeeded", "failed"])["state"] as? String == "succeeded")
+        #expect(FileManager.default.fileExists(atPath: d.dir.appendingPathComponent("jobs/\(id)/data-index.json").path))
+        #expect(!FileManager.default.fileExists(atPath: root.appendingPathComponent("pets/data-index.json").path))
+    }
+
     @Test func bf16JobSaysWhichPrecisionRan() throws {
         let d = try LiveDaemon()
         defer { d.stop() }
