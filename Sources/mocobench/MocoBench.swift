@@ -1,5 +1,6 @@
 import ArgumentParser
 import Collectives
+import Data
 import Autograd
 import Foundation
 import HTTP
@@ -21,7 +22,8 @@ struct MocoBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mocobench",
         abstract: "Benchmarks of the mocod compute engine; each prints one JSON line.",
-        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self, CollectivesBench.self, DataParallelCheck.self, DataParallelStep.self],
+        subcommands: [Step.self, GEMMBench.self, Info.self, Serve.self, CollectivesBench.self, DataParallelCheck.self, DataParallelStep.self,
+                      InputBench.self],
         defaultSubcommand: Info.self)
 }
 
@@ -41,6 +43,40 @@ func now() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+/// The input pipeline alone: images/s of reading, decoding and augmenting a dataset (two views
+/// each, aug+), by the loader's workers, no training. Prints one JSON line.
+struct InputBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "input", abstract: "Images/s of decode + aug+ (two views) over a dataset, no training.")
+    @Option(help: "The data object (JSON), e.g. {\"format\": \"folder\", \"path\": \"jpegs20k\", \"cache_mb\": 0}.") var data: String
+    @Option(name: .customLong("data-root")) var dataRoots: [String] = []
+    @Option var size = 224
+    @Option var batch = 256
+    @Option(help: "Batches to time (after one to warm up).") var batches = 10
+    @Option var workers = 2
+    @Option var channels = 3
+
+    func run() throws {
+        let source = try JSONDecoder().decode(JobSpec.DataSource.self, from: Data(data.utf8))
+        let t0 = now()
+        let ds = try DataSources.load(source, roots: dataRoots.isEmpty ? DataSources.defaultRoots : dataRoots, size: size, channels: channels)
+        let indexSeconds = now() - t0
+        let cfg = AugmentConfig(preset: .v2, size: size, mean: [Float](repeating: 0.45, count: channels), std: [Float](repeating: 0.225, count: channels))
+        let loader = BatchLoader(dataset: ds, augment: cfg, batchSize: batch, views: 2, seed: 1, workers: workers)
+        let stream = loader.epoch(0)
+        guard stream.next() != nil else { throw ValidationError("the dataset has fewer than \(batch) images") }
+        let start = now()
+        var images = 0
+        for _ in 0..<batches {
+            guard let b = stream.next() else { break }
+            images += b.indices.count
+        }
+        let seconds = now() - start
+        printJSON(["images": images, "seconds": seconds, "images_per_second": Double(images) / seconds, "views_per_image": 2,
+                   "size": size, "workers": workers, "dataset_count": ds.count, "index_seconds": indexSeconds,
+                   "data_errors": ds.stream?.errorCounts.bad ?? 0, "peak_rss_mb": peakRSSMegabytes()])
+    }
 }
 
 struct Info: ParsableCommand {
