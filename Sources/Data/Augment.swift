@@ -46,15 +46,23 @@ public enum Augment {
     /// preset `none` its image is resized (shorter side) and center-cropped.
     public static func view<G: RandomNumberGenerator>(_ ds: ImageDataset, _ index: Int, _ cfg: AugmentConfig,
                                                       rng: inout G, into out: UnsafeMutablePointer<Float>) {
+        view(of: source(ds, index, cfg), cfg, rng: &rng, into: out)
+    }
+
+    /// Image `index` as views start from: loaded (a streamed image decoded) once for all its views.
+    public struct Source { var image: FloatImage }
+
+    public static func source(_ ds: ImageDataset, _ index: Int, _ cfg: AugmentConfig) -> Source {
         if ds.stream != nil && cfg.preset == .none {
-            let crop = ds.centerCrop(index)
-            let centered = ImageDataset(count: 1, height: ds.height, width: ds.width, channels: ds.channels, pixels: crop)
-            var img = load(centered, 0)
-            if img.h != cfg.size || img.w != cfg.size { img = resizedCrop(img, top: 0, left: 0, height: img.h, width: img.w, size: cfg.size) }
-            normalize(img, mean: cfg.mean, std: cfg.std, into: out)
-            return
+            let centered = ImageDataset(count: 1, height: ds.height, width: ds.width, channels: ds.channels, pixels: ds.centerCrop(index))
+            return Source(image: load(centered, 0))
         }
-        var img = load(ds, index)
+        return Source(image: load(ds, index))
+    }
+
+    /// One augmented view of a loaded image (see `view(_:_:_:rng:into:)`).
+    public static func view<G: RandomNumberGenerator>(of source: Source, _ cfg: AugmentConfig, rng: inout G, into out: UnsafeMutablePointer<Float>) {
+        var img = source.image
         if cfg.preset == .none {
             img = resizedCrop(img, top: 0, left: 0, height: img.h, width: img.w, size: cfg.size)
         } else {

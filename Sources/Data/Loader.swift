@@ -75,9 +75,10 @@ public final class BatchLoader: Sendable {
         let per = dataset.channels * augment.size * augment.size
         let buffers = (0..<views).map { _ in Buffer(byteCount: floatsPerView * 4) }
         for (slot, image) in indices.enumerated() {
+            let source = Augment.source(dataset, image, augment)   // loaded (decoded) once for all its views
             for v in 0..<views {
                 var rng = SeededGenerator(seed: StreamSeed.mix(seed, UInt64(epoch), UInt64(image), UInt64(v)))
-                buffers[v].withUnsafeMutableFloats { Augment.view(dataset, image, augment, rng: &rng, into: $0.baseAddress! + slot * per) }
+                buffers[v].withUnsafeMutableFloats { Augment.view(of: source, augment, rng: &rng, into: $0.baseAddress! + slot * per) }
             }
         }
         return Batch(index: b, indices: indices, labels: dataset.labels.map { l in indices.map { l[$0] } }, views: buffers)
