@@ -151,6 +151,28 @@ final class LiveDaemon: @unchecked Sendable {
     }
 }
 
+/// A job's live event stream (SSE), read on a thread of its own from creation until it ends;
+/// created once the daemon's stream follows the job, so nothing asked of the job after is missed.
+final class EventStream: Sendable {
+    private let received = Mutex<String>("")
+
+    init(_ d: LiveDaemon, _ id: String) {
+        Thread { [self] in
+            let body = d.request("GET", "/v1/jobs/\(id)/events").body
+            received.withLock { $0 = String(decoding: body, as: UTF8.self) }
+        }.start()
+        let connected = Date().addingTimeInterval(10)
+        while d.scheduler.streamCount(id) == 0 && Date() < connected { usleep(5_000) }
+    }
+
+    /// What the stream carried, once it ended (waits up to 10 s for that).
+    var text: String {
+        let deadline = Date().addingTimeInterval(10)
+        while received.withLock({ $0.isEmpty }) && Date() < deadline { usleep(20_000) }
+        return received.withLock { $0 }
+    }
+}
+
 /// Numbers appended from any thread.
 final class CountLog: @unchecked Sendable {
     /// Safe to share: `list` is guarded by `lock`.
@@ -318,15 +340,7 @@ final class CountLog: @unchecked Sendable {
             .replacingOccurrences(of: "\"every_steps\": 2", with: "\"every_steps\": 1000")
         let id = try #require(d.request("POST", "/v1/jobs", body: long).json["id"] as? String)
         // Live events while it trains: the stream is read on another thread.
-        let received = Mutex<String>("")
-        let reader = Thread {
-            let r = d.request("GET", "/v1/jobs/\(id)/events")
-            received.withLock { $0 = String(decoding: r.body, as: UTF8.self) }
-        }
-        reader.start()
-        // The stream follows the job before anything is asked of it.
-        let connected = Date().addingTimeInterval(10)
-        while d.scheduler.streamCount(id) == 0 && Date() < connected { usleep(5_000) }
+        let stream = EventStream(d, id)
         var job = d.waitFor(id, ["running"])
         let deadline = Date().addingTimeInterval(30)
         while ((job["progress"] as? [String: Any])?["step"] as? Int ?? 0) < 3 && Date() < deadline {
@@ -342,9 +356,7 @@ final class CountLog: @unchecked Sendable {
         #expect(cancelled["state"] as? String == "cancelled")
         let log = String(decoding: d.request("GET", "/v1/jobs/\(id)/logs").body, as: UTF8.self)
         #expect(log.contains("resumed from ckpt-"), "\(log)")
-        let waitEvents = Date().addingTimeInterval(10)
-        while received.withLock({ $0.isEmpty }) && Date() < waitEvents { usleep(50_000) }
-        let events = received.withLock { $0 }
+        let events = stream.text
         #expect(events.contains("event: metric") && events.contains("event: checkpoint"))
         #expect(events.contains("\"state\":\"paused\"") && events.contains("\"state\":\"cancelled\""))
     }

@@ -64,18 +64,15 @@ import Testing
         let d = try LiveDaemon(mpiSlots: 2)
         defer { d.stop() }
         let local = try #require(d.request("POST", "/v1/jobs", body: Self.spec(processes: 1)).json["id"] as? String)
-        #expect(d.waitFor(local, ["succeeded", "failed"])["state"] as? String == "succeeded")
+        // Submitted while the local job holds the slot and held paused until its live stream
+        // follows it (a job this small would otherwise be half done before the stream starts).
         let created = d.request("POST", "/v1/jobs", body: Self.spec(processes: 2))
         #expect(created.status == 201, "\(created.json)")
         let dist = try #require(created.json["id"] as? String)
-        let received = Mutex<String>("")
-        let reader = Thread {
-            let r = d.request("GET", "/v1/jobs/\(dist)/events")
-            received.withLock { $0 = String(decoding: r.body, as: UTF8.self) }
-        }
-        reader.start()
-        let connected = Date().addingTimeInterval(10)
-        while d.scheduler.streamCount(dist) == 0 && Date() < connected { usleep(5_000) }
+        #expect(d.request("POST", "/v1/jobs/\(dist)/pause").status == 202)
+        let stream = EventStream(d, dist)
+        #expect(d.waitFor(local, ["succeeded", "failed"])["state"] as? String == "succeeded")
+        #expect(d.request("POST", "/v1/jobs/\(dist)/resume").status == 202)
         let job = d.waitFor(dist, ["succeeded", "failed"])
         #expect(job["state"] as? String == "succeeded", "\(job)")
         #expect((job["spec"] as? [String: Any]).flatMap { $0["distributed"] as? [String: Any] }?["processes"] as? Int == 2)
@@ -111,9 +108,7 @@ import Testing
         let file = d.request("GET", "/v1/jobs/\(dist)/checkpoints/\(last["name"] as? String ?? "")")
         #expect(file.status == 200 && SHA256.hex(file.body) == last["sha256"] as? String)
 
-        let deadline = Date().addingTimeInterval(10)
-        while received.withLock({ $0.isEmpty }) && Date() < deadline { usleep(20_000) }
-        let events = received.withLock { $0 }
+        let events = stream.text
         #expect(events.contains("event: metric") && events.contains("event: checkpoint") && events.contains("\"state\":\"succeeded\""),
                 "\(events.prefix(500))")
         let log = String(decoding: d.request("GET", "/v1/jobs/\(dist)/logs").body, as: UTF8.self)
