@@ -46,7 +46,7 @@ public struct ImageDataset: Sendable {
         guard let n, n < count else { return self }
         if let stream {
             return ImageDataset(stream: ImageStream(index: stream.index, root: stream.root, channels: channels, size: stream.size,
-                                                    cacheBytes: 0, limit: n))
+                                                    cacheBytes: stream.cacheBytes, limit: n))
         }
         return ImageDataset(count: n, height: height, width: width, channels: channels,
                             pixels: Array(pixels[0..<(n * imageBytes)]), labels: labels.map { Array($0[0..<n]) },

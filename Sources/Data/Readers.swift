@@ -244,7 +244,8 @@ public enum Readers {
         withUnsafeBytes(of: &image.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
-    public static func decodeJPEG(_ bytes: [UInt8], file: String) throws(DataError) -> Image {
+    /// Decodes a JPEG; `scale` (one of turbojpeg's factors) lets the DCT do the downscaling.
+    public static func decodeJPEG(_ bytes: [UInt8], file: String, scaledTo scale: (num: Int, denom: Int) = (1, 1)) throws(DataError) -> Image {
         guard let handle = tjInitDecompress() else { throw DataError(file: file, "cannot start the JPEG decoder") }
         defer { tjDestroy(handle) }
         var w: Int32 = 0, h: Int32 = 0, subsamp: Int32 = 0, colorspace: Int32 = 0
@@ -256,6 +257,8 @@ public enum Readers {
         guard w > 0, h > 0, Int(w) * Int(h) <= 1 << 26 else { throw DataError(file: file, "implausible JPEG size \(w)x\(h)") }
         let gray = colorspace == TJCS_GRAY.rawValue
         let channels = gray ? 1 : 3
+        w = Int32((Int(w) * scale.num + scale.denom - 1) / scale.denom)
+        h = Int32((Int(h) * scale.num + scale.denom - 1) / scale.denom)
         var out = [UInt8](repeating: 0, count: Int(w) * Int(h) * channels)
         let rc = src.withUnsafeMutableBufferPointer { s in
             out.withUnsafeMutableBufferPointer { o in

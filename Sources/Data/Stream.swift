@@ -22,12 +22,15 @@ public final class ImageStream: Sendable {
     public let size: Int
     /// How many samples are used (a spec's `limit`).
     public let count: Int
+    /// The decoded-image cache's budget in bytes.
+    public let cacheBytes: Int
     private let cache: Mutex<DecodedCache>
     private let log: Mutex<ErrorLog>
 
     public init(index: ImageIndex, root: String?, channels: Int, size: Int, cacheBytes: Int, limit: Int? = nil) {
         self.index = index; self.root = root; self.channels = channels; self.size = size
         count = min(index.count, limit ?? .max)
+        self.cacheBytes = cacheBytes
         cache = Mutex(DecodedCache(budget: cacheBytes))
         log = Mutex(ErrorLog(count: count, indexProblems: index.problems.map(\.description)))
     }
@@ -168,29 +171,6 @@ struct ErrorLog {
     mutating func takePending() -> [String] {
         defer { pending.removeAll() }
         return pending
-    }
-}
-
-extension Readers {
-    /// A JPEG decoded at `scale` (one of turbojpeg's factors: the DCT does the downscaling).
-    public static func decodeJPEG(_ bytes: [UInt8], file: String, scaledTo scale: (num: Int, denom: Int)) throws(DataError) -> Image {
-        guard scale.num != scale.denom else { return try decodeJPEG(bytes, file: file) }
-        guard let handle = tjInitDecompress() else { throw DataError(file: file, "cannot start the JPEG decoder") }
-        defer { tjDestroy(handle) }
-        let header = try ImageProbe.header(bytes, file: file)
-        let w = (header.width * scale.num + scale.denom - 1) / scale.denom
-        let h = (header.height * scale.num + scale.denom - 1) / scale.denom
-        let channels = header.channels
-        var out = [UInt8](repeating: 0, count: w * h * channels)
-        var src = bytes
-        let rc = src.withUnsafeMutableBufferPointer { s in
-            out.withUnsafeMutableBufferPointer { o in
-                tjDecompress2(handle, s.baseAddress, UInt(s.count), o.baseAddress, Int32(w), 0, Int32(h),
-                              channels == 1 ? Int32(TJPF_GRAY.rawValue) : Int32(TJPF_RGB.rawValue), 0)
-            }
-        }
-        if rc != 0 { throw DataError(file: file, "corrupt or truncated JPEG: \(String(cString: tjGetErrorStr2(handle)))") }
-        return Image(width: w, height: h, channels: channels, pixels: out)
     }
 }
 

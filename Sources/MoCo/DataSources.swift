@@ -94,9 +94,7 @@ public enum DataSources {
             let path = location.path
             let build = { () throws(DataError) -> ImageIndex in
                 if source.format == .tar { return try ImageIndex.shards(try ImageIndex.shardPaths(path), within: location.root) }
-                var isDir: ObjCBool = false
-                let sub = path + "/" + source.split
-                let dir = FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : path
+                let dir = folder(path, split: source.split)
                 close(try Readers.openFile(dir, within: location.root, directory: true))   // a directory inside the data root
                 return try ImageIndex.folder(dir)
             }
@@ -122,13 +120,8 @@ public enum DataSources {
             ds = try Readers.cifar(files: names.map { path + "/" + $0 }, hundred: false, within: root)
         case .cifar100:
             ds = try Readers.cifar(files: [path + "/" + (source.split == "test" ? "test.bin" : "train.bin")], hundred: true, within: root)
-        case .folder:
-            var isDir: ObjCBool = false
-            let sub = path + "/" + source.split
-            let dir = FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : path
-            ds = try Readers.imageFolder(dir, size: size, within: root)
-        case .tar:
-            throw DataError(file: path, "tar shards are streamed")   // (handled above)
+        case .folder, .tar:
+            preconditionFailure("streamed formats are loaded above")
         case .npy:
             ds = try Readers.npy(path, within: root)
         }
@@ -164,9 +157,7 @@ extension DataSources {
         let dataFormat = JobSpec.DataFormat(rawValue: format)!
         let location = try locate(path, roots: roots, allowAbsolute: allowAbsolute)
         if dataFormat == .folder {
-            var isDir: ObjCBool = false
-            let sub = location.path + "/" + (split ?? "train")
-            let dir = split != nil && FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : location.path
+            let dir = split.map { folder(location.path, split: $0) } ?? location.path
             do {
                 return DatasetReport.inspect(try ImageIndex.folder(dir), path: path, decode: decode, within: location.root)
             } catch {
@@ -217,6 +208,13 @@ extension DataSources {
             }
         }
         return out
+    }
+
+    /// An image folder's split: its subfolder of that name when there is one, else the folder.
+    static func folder(_ path: String, split: String) -> String {
+        var isDir: ObjCBool = false
+        let sub = path + "/" + split
+        return FileManager.default.fileExists(atPath: sub, isDirectory: &isDir) && isDir.boolValue ? sub : path
     }
 
     /// A dataset's format told from what it holds (nil: not a dataset).

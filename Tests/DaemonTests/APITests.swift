@@ -347,7 +347,7 @@ final class CountLog: @unchecked Sendable {
             usleep(50_000)
             job = d.request("GET", "/v1/jobs/\(id)").json
         }
-        let stepAtPause = d.pauseCheckpointed(id)
+        _ = d.pauseCheckpointed(id)
         #expect(d.scheduler.runningCount == 0)   // the slot is free
         #expect(d.request("POST", "/v1/jobs/\(id)/resume").status == 202)
         _ = d.waitFor(id, ["running"])
