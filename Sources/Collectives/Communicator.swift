@@ -119,6 +119,12 @@ public final class Communicator {
         return out
     }
 
+    /// Every rank's bytes, in rank order, on every rank (one broadcast per rank: for rare,
+    /// small messages such as the names of unusable images).
+    public func allGatherBytes(_ bytes: [UInt8]) throws -> [[UInt8]] {
+        try (0..<size).map { root in try broadcastBytes(root == rank ? bytes : nil, root: root) }
+    }
+
     /// A failure on some rank, as every rank learns it: the lowest failing rank, its host and its message.
     public struct RankFailure: Error, Equatable, Sendable, CustomStringConvertible {
         public var rank: Int

@@ -64,8 +64,8 @@ public final class ImageStream: Sendable {
     /// Unusable samples found so far and samples tried (problems found while indexing count as both).
     public var errorCounts: (bad: Int, tried: Int) { log.withLock { ($0.badCount, $0.triedCount + $0.indexProblems) } }
 
-    /// Messages about unusable samples not yet taken, each naming its file.
-    public func takeNewErrors() -> [String] { log.withLock { $0.takePending() } }
+    /// Unusable samples found and not yet taken, each with a message naming its file.
+    public func takeNewErrors() -> [DataErrorReport] { log.withLock { $0.takePending() } }
 
     /// Bytes of decoded images held now.
     public var cachedBytes: Int { cache.withLock { $0.bytes } }
@@ -138,17 +138,25 @@ struct DecodedCache {
     }
 }
 
-/// Which samples were tried and which could not be used, with the messages not yet reported.
+/// An unusable sample: its index, or nil for a problem found while indexing (a shard cut
+/// short), and a message naming its file.
+public struct DataErrorReport: Sendable, Hashable, Codable {
+    public var sample: Int?
+    public var message: String
+    public init(sample: Int?, message: String) { self.sample = sample; self.message = message }
+}
+
+/// Which samples were tried and which could not be used, with the reports not yet taken.
 struct ErrorLog {
     private var tried: [UInt64]
     private var badSamples: [Int: String] = [:]
     private(set) var triedCount = 0
-    private var pending: [String]
+    private var pending: [DataErrorReport]
     let indexProblems: Int
 
     init(count: Int, indexProblems: [String]) {
         tried = [UInt64](repeating: 0, count: (count + 63) / 64)
-        pending = indexProblems
+        pending = indexProblems.map { DataErrorReport(sample: nil, message: $0) }
         self.indexProblems = indexProblems.count
     }
 
@@ -165,10 +173,10 @@ struct ErrorLog {
         guard badSamples[i] == nil else { return }
         seen(i)
         badSamples[i] = message
-        pending.append(message)
+        pending.append(DataErrorReport(sample: i, message: message))
     }
 
-    mutating func takePending() -> [String] {
+    mutating func takePending() -> [DataErrorReport] {
         defer { pending.removeAll() }
         return pending
     }

@@ -89,9 +89,10 @@ public final class Trainer {
         self.outDirectory = outDirectory
         self.workers = workers
         self.emit = events
-        let stats = train.channelStatistics()
-        mean = spec.augment.mean ?? stats.mean.map { Float($0) }
-        std = spec.augment.std ?? stats.std.map { Float(max($0, 1e-6)) }
+        // Computed only when the spec leaves them out (a streamed dataset decodes up to 1,000 images for them).
+        let stats = spec.augment.mean == nil || spec.augment.std == nil ? train.channelStatistics() : nil
+        mean = spec.augment.mean ?? stats?.mean.map { Float($0) } ?? []
+        std = spec.augment.std ?? stats?.std.map { Float(max($0, 1e-6)) } ?? []
         store = CheckpointStore(directory: outDirectory.appendingPathComponent("checkpoints"),
                                 keepLast: spec.checkpoint.keep_last, keepBest: spec.checkpoint.keep_best)
     }
@@ -243,6 +244,7 @@ public final class Trainer {
         }
 
         var epoch = step / max(perEpoch, 1)
+        var dataErrors = DataErrorTally()
         while epoch < spec.optim.epochs {
             let stream = loader.epoch(epoch, startingAt: step - epoch * perEpoch)
             var lastWait = 0.0
@@ -269,14 +271,24 @@ public final class Trainer {
                     return .failed(reason: reason)
                 }
                 step += 1
-                // A streamed dataset's unusable images (each named once in the log) and images
-                // tried, summed over the ranks.
-                for m in train.stream?.takeNewErrors() ?? [] where isWriter { emit(.message("skipped an unusable image: \(m)")) }
-                var (bad, tried) = train.stream?.errorCounts ?? (0, 0)
-                // (Problems found while indexing are in every rank's counts: rank 0's stand for all.)
-                if !isWriter, let problems = train.stream?.index.problems.count { bad -= problems; tried -= problems }
-                var dataCounts = [Float(bad), Float(tried)]
-                if let ranks, train.stream != nil { try ranks.allReduceSum(&dataCounts) }
+                // A streamed dataset's unusable images, each counted and named in the log once
+                // whichever ranks found it, and the images tried, summed over the ranks. Problems
+                // found while indexing are in every rank's stream: rank 0's stand for all.
+                var found = train.stream?.takeNewErrors() ?? []
+                var tried = train.stream?.errorCounts.tried ?? 0
+                if !isWriter, let problems = train.stream?.index.problems.count {
+                    tried -= problems
+                    found.removeAll { $0.sample == nil }
+                }
+                var dataCounts = [Float(tried), Float(found.count)]
+                if let ranks, train.stream != nil {
+                    try ranks.allReduceSum(&dataCounts)
+                    if dataCounts[1] > 0 {
+                        found = try ranks.allGatherBytes(Array(try JSONEncoder().encode(found)))
+                            .flatMap { try JSONDecoder().decode([DataErrorReport].self, from: Data($0)) }
+                    }
+                }
+                for report in dataErrors.add(found) where isWriter { emit(.message("skipped an unusable image: \(report.message)")) }
 
                 let now = Date()
                 let seconds = now.timeIntervalSince(tick)
@@ -291,10 +303,10 @@ public final class Trainer {
                                         loss_at_chance: chance, eta_seconds: Double(total - step) / max(rate, 1e-9), knn_top1: nil,
                                         time: now.timeIntervalSince1970, precision: spec.precision,
                                         allreduce_bytes: allReduce?.bytes, allreduce_seconds: allReduce?.seconds,
-                                        data_errors: train.stream == nil ? nil : Int(dataCounts[0]))
+                                        data_errors: train.stream == nil ? nil : dataErrors.count)
                 try metrics?.append(point)
                 emit(.step(point))
-                if let reason = DataErrorLimit(rate: spec.data.errorRateLimit).exceeded(bad: Int(dataCounts[0]), tried: Int(dataCounts[1]),
+                if let reason = DataErrorLimit(rate: spec.data.errorRateLimit).exceeded(bad: dataErrors.count, tried: Int(dataCounts[0]),
                                                                                       count: train.count) {
                     emit(.message(reason))
                     return .failed(reason: reason)
@@ -347,6 +359,24 @@ final class MetricsWriter {
     }
 
     deinit { try? handle.close() }
+}
+
+/// A streamed dataset's unusable images as a job counts them: each sample once, however many
+/// ranks (or substitutions) came upon it, and each problem found while indexing.
+public struct DataErrorTally: Sendable, Equatable {
+    public private(set) var samples: Set<Int> = []
+    public private(set) var indexProblems = 0
+    public init() {}
+
+    public var count: Int { samples.count + indexProblems }
+
+    /// Adds `found`, returning the reports not counted before (to be logged), in order.
+    public mutating func add(_ found: [DataErrorReport]) -> [DataErrorReport] {
+        found.filter { report in
+            guard let sample = report.sample else { indexProblems += 1; return true }
+            return samples.insert(sample).inserted
+        }
+    }
 }
 
 /// When a streamed dataset's unusable images fail the job (`data.max_error_rate`), as a pure

@@ -1,4 +1,5 @@
 import Daemon
+import Data
 import Foundation
 import MoCo
 import NN
@@ -188,6 +189,42 @@ import Testing
         gethostname(&host, 255)
         let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         #expect(reason.contains("on host \(hostName) (rank 0)") && reason.contains("gone.npy"), "\(reason)")
+    }
+
+    /// A streamed folder on 2 ranks: each rank decodes its share of every batch, so the unusable
+    /// images are found on both; every one is named once in the job's log (whichever rank found
+    /// it) and counted in data_errors. (Normalization is given, so no rank decodes images for
+    /// channel statistics, which would find every bad image of so small a folder on each.)
+    @Test func badImagesOnEveryRankAreNamedOnce() throws {
+        let d = try LiveDaemon(mpiSlots: 2)
+        defer { d.stop() }
+        let photos = d.dir.appendingPathComponent("datasets/photos")
+        for c in ["a", "b"] { try FileManager.default.createDirectory(at: photos.appendingPathComponent(c), withIntermediateDirectories: true) }
+        for i in 0..<34 {
+            let px = (0..<(12 * 10 * 3)).map { UInt8(($0 * (i + 3) + i * 31) % 256) }
+            let jpg = try Readers.encodeJPEG(px, width: 12, height: 10, channels: 3)
+            try Data(jpg).write(to: photos.appendingPathComponent("\(i % 2 == 0 ? "a" : "b")/img\(String(format: "%02d", i)).jpg"))
+        }
+        // Each between two good ones (img02 < img03b < img04), so no substitution comes upon two.
+        let bad = [3, 7, 11, 15, 19, 23].map { "a/img\(String(format: "%02d", $0))b.jpg" }
+        for (k, name) in bad.enumerated() { try Data(k % 2 == 0 ? [] : Array("not a JPEG".utf8)).write(to: photos.appendingPathComponent(name)) }
+        let spec = """
+        {"name": "dist-stream", "data": {"format": "folder", "path": "photos", "cache_mb": 0, "max_error_rate": 0.5},
+         "model": {"arch": "resnet18", "stem": "cifar", "width": 4, "in_channels": 3, "dim": 8},
+         "moco": {"queue": 32, "momentum": 0.9, "temperature": 0.2, "bn_splits": 2},
+         "augment": {"preset": "v2", "size": 8, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+         "optim": {"batch_size": 8, "epochs": 1}, "threads": 1, "seed": 3, "distributed": {"processes": 2}}
+        """
+        let created = d.request("POST", "/v1/jobs", body: spec)
+        let id = try #require(created.json["id"] as? String, "\(created.json)")
+        let job = d.waitFor(id, ["succeeded", "failed"])
+        #expect(job["state"] as? String == "succeeded", "\(job)")
+        let log = String(decoding: d.request("GET", "/v1/jobs/\(id)/logs").body, as: UTF8.self)
+        for name in bad {
+            let lines = log.split(separator: "\n").filter { $0.contains("skipped an unusable image: \(name)") }
+            #expect(lines.count == 1, "\(name): \(lines.count) lines in\n\(log)")
+        }
+        #expect(steps(d, id).last?["data_errors"] as? Int == 6)
     }
 
     /// kill -9 of the daemon while a distributed job trains: mpiexec (tied to the daemon) takes

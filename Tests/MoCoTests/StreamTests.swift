@@ -151,6 +151,36 @@ import Testing
         #expect(half.width == 60 && half.channels == 1)
         #expect(ImageStream(index: index, root: nil, channels: 3, size: 40, cacheBytes: 0).image(0)?.width == 120)
     }
+
+    /// Each unusable sample counts once however many ranks report it; indexing problems count each.
+    @Test func errorTallyCountsEachSampleOnce() {
+        var tally = DataErrorTally()
+        let a = DataErrorReport(sample: 3, message: "x.jpg: empty file"), cut = DataErrorReport(sample: nil, message: "s.tar: cut short")
+        #expect(tally.add([a, cut, a]) == [a, cut])
+        #expect(tally.add([a, DataErrorReport(sample: 5, message: "y.jpg: empty file")]).map(\.sample) == [5])
+        #expect(tally.count == 3)
+    }
+
+    /// Under data parallelism a rank's loader decodes only its own block of each batch: over an
+    /// epoch, rank 0 of 2 tries half the images (no decoded-image cache), and the two ranks
+    /// together try each image once.
+    @Test func eachRankDecodesOnlyItsShare() throws {
+        let root = try Self.makeFolder(32)
+        defer { try? FileManager.default.removeItem(at: root) }
+        let index = try ImageIndex.folder(root.appendingPathComponent("photos").path)
+        let cfg = AugmentConfig(preset: .v2, size: 8, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25])
+        var tried: [Int] = []
+        for shard in [0..<4, 4..<8] {
+            let ds = ImageDataset(stream: ImageStream(index: index, root: nil, channels: 3, size: 8, cacheBytes: 0))
+            let loader = BatchLoader(dataset: ds, augment: cfg, batchSize: 8, seed: 1, workers: 2, shard: shard)
+            let epoch = loader.epoch(0)
+            var images = 0
+            while let b = epoch.next() { images += b.indices.count }
+            #expect(images == 16)
+            tried.append(ds.stream?.errorCounts.tried ?? -1)
+        }
+        #expect(tried == [16, 16])
+    }
 }
 
 /// A minimal ustar writer for shards.
