@@ -408,6 +408,102 @@ def make_sgd():
                                      nesterov=False, steps=3))
 
 
+# --------------------------------------------------------------------------- lars
+class LARS(torch.optim.Optimizer):
+    """MoCo v3's LARS (moco-v3/optimizer.py), verbatim: no rate scaling or weight decay for
+    parameters <= 1D."""
+
+    def __init__(self, params, lr=0, weight_decay=0, momentum=0.9, trust_coefficient=0.001):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g['params']:
+                dp = p.grad
+                if dp is None:
+                    continue
+                if p.ndim > 1:  # if not normalization gamma/beta or bias
+                    dp = dp.add(p, alpha=g['weight_decay'])
+                    param_norm = torch.norm(p)
+                    update_norm = torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.,
+                                    torch.where(update_norm > 0, (g['trust_coefficient'] * param_norm / update_norm), one),
+                                    one)
+                    dp = dp.mul(q)
+                param_state = self.state[p]
+                if 'mu' not in param_state:
+                    param_state['mu'] = torch.zeros_like(p)
+                mu = param_state['mu']
+                mu.mul_(g['momentum']).add_(dp)
+                p.add_(mu, alpha=-g['lr'])
+
+
+def make_lars():
+    """Three LARS steps on a weight (2-D, adapted), a bias (1-D, not) and a zero weight (trust
+    ratio 1), with a learning rate that changes between steps as a schedule would."""
+    torch.manual_seed(702)
+    lrs, mom, wd, eta = [0.3, 0.25, 0.1], 0.9, 1e-6, 0.001
+    ps = [nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(4)), nn.Parameter(torch.zeros(3, 2))]
+    t = {f"p{i}.init": p.detach().clone() for i, p in enumerate(ps)}
+    opt = LARS(ps, lr=lrs[0], weight_decay=wd, momentum=mom, trust_coefficient=eta)
+    for step, lr in enumerate(lrs):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        for i, p in enumerate(ps):
+            p.grad = torch.randn_like(p) * (10.0 if i == 0 else 1.0)
+            t[f"p{i}.grad.{step}"] = p.grad.clone()
+        opt.step()
+        for i, p in enumerate(ps):
+            t[f"p{i}.after.{step}"] = p.detach().clone()
+    save("lars.safetensors", t, meta("lars", lrs=",".join(map(str, lrs)), momentum=mom, weight_decay=wd,
+                                      trust_coefficient=eta, steps=len(lrs)))
+
+
+# --------------------------------------------------------------------------- method losses
+def make_method_losses():
+    """SimCLR's NT-Xent and MoCo v3's contrastive loss on fixed inputs, with their gradients
+    (loss.backward(); the loss is a scalar)."""
+    torch.manual_seed(703)
+    n, d, tau = 6, 5, 0.5
+    z1, z2 = torch.randn(n, d, requires_grad=True), torch.randn(n, d, requires_grad=True)
+    # NT-Xent as the SimCLR paper defines it: 2N views, the self-similarity excluded.
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.t() / tau
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    ntxent = F.cross_entropy(sim, targets)
+    ntxent.backward()
+    t = {"ntxent.z1": z1.detach().clone(), "ntxent.z2": z2.detach().clone(), "ntxent.loss": ntxent.detach().reshape(()),
+         "ntxent.gz1": z1.grad.clone(), "ntxent.gz2": z2.grad.clone()}
+
+    # MoCo v3 (moco-v3/moco/builder.py contrastive_loss), one process and a rank's block of a
+    # gathered key batch (offset = N * rank).
+    tau3 = 0.2
+    def v3(q, k, offset):
+        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+        logits = torch.einsum('nc,mc->nm', [q, k]) / tau3
+        labels = torch.arange(q.shape[0], dtype=torch.long) + offset
+        return F.cross_entropy(logits, labels) * (2 * tau3)
+    q1, q2 = torch.randn(n, d, requires_grad=True), torch.randn(n, d, requires_grad=True)
+    k1, k2 = torch.randn(n, d, requires_grad=True), torch.randn(n, d, requires_grad=True)
+    sym = v3(q1, k2, 0) + v3(q2, k1, 0)
+    sym.backward()
+    t.update({"v3.q1": q1.detach().clone(), "v3.q2": q2.detach().clone(), "v3.k1": k1.detach().clone(),
+              "v3.k2": k2.detach().clone(), "v3.loss": sym.detach().reshape(()), "v3.gq1": q1.grad.clone(),
+              "v3.gq2": q2.grad.clone(), "v3.gk1": k1.grad.clone(), "v3.gk2": k2.grad.clone()})
+    qb = torch.randn(3, d, requires_grad=True)
+    kall = torch.randn(2 * 3, d, requires_grad=True)
+    block = v3(qb, kall, 3)
+    block.backward()
+    t.update({"v3block.q": qb.detach().clone(), "v3block.k": kall.detach().clone(), "v3block.loss": block.detach().reshape(()),
+              "v3block.gq": qb.grad.clone(), "v3block.gk": kall.grad.clone()})
+    save("method_losses.safetensors", t, meta("method_losses", ntxent_temperature=tau, v3_temperature=tau3, n=n, d=d,
+                                                v3block_offset=3))
+
+
 # --------------------------------------------------------------------------- torchvision lists
 def sd_listing(model):
     return {
@@ -440,6 +536,8 @@ def main():
     make_blocks()
     make_resnet_fixture()
     make_sgd()
+    make_lars()
+    make_method_losses()
     make_autocast()
     make_models_json()
     total = 0
@@ -452,4 +550,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1:   # only the named cases, e.g. make_lars make_method_losses
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+        for name in sys.argv[1:]:
+            globals()[name]()
+    else:
+        main()

@@ -78,3 +78,49 @@ public func crossEntropy(_ logits: Tensor, targets: [Int]) -> Tensor {
         return [g]
     }
 }
+
+/// The share of rows of `logits` whose largest entry is at their target (the first of equals):
+/// how often the positive ranks first among the candidates. Not differentiable.
+public func instanceAccuracy(_ logits: Tensor, targets: [Int]) -> Float {
+    let n = logits.shape[0], width = logits.shape[1]
+    let hits = logits.plain().withUnsafeFloats { l in
+        var hits = 0
+        for i in 0..<n {
+            let row = l.baseAddress! + i * width
+            var best = 0
+            for j in 1..<width where row[j] > row[best] { best = j }
+            if best == targets[i] { hits += 1 }
+        }
+        return hits
+    }
+    return Float(hits) / Float(max(n, 1))
+}
+
+/// SimCLR's NT-Xent (Chen, Kornblith, Norouzi, Hinton 2020, eq. 1) over the 2N views of N images:
+/// `z1`, `z2` (N x D, the projections of each image's two views) are L2-normalized; each view's
+/// logits are its cosine similarities to the other 2N−1 views over τ, its positive the other view
+/// of the same image, the 2N−2 others its negatives; the loss is the mean cross entropy over the
+/// 2N views. Also returns the instance accuracy (the positive ranked first).
+public func ntXentLoss(_ z1: Tensor, _ z2: Tensor, temperature: Float) -> (loss: Tensor, instanceAccuracy: Float) {
+    precondition(z1.shape == z2.shape && z1.shape.count == 2, "ntXentLoss: \(z1.shape) and \(z2.shape)")
+    let n = z1.shape[0], m = 2 * n
+    let z = l2Normalized(concat([z1, z2], axis: 0))                        // 2N x D
+    // A view is not its own candidate: its self-similarity is pushed to -1e9, where exp is 0.
+    var mask = [Float](repeating: 0, count: m * m)
+    for i in 0..<m { mask[i * m + i] = -1e9 }
+    let logits = add(matmul(z, z, transposeB: true) / temperature, Tensor(shape: [m, m], data: mask))
+    let targets = (0..<m).map { $0 < n ? $0 + n : $0 - n }
+    return (crossEntropy(logits, targets: targets), instanceAccuracy(logits, targets: targets))
+}
+
+/// MoCo v3's contrastive loss (Chen, Xie, He 2021, Algorithm 1): queries `q` (N x D) against
+/// in-batch keys `k` (M x D, M ≥ N: on several ranks every rank's keys), both L2-normalized;
+/// logits `q·kᵀ/τ`, query i's positive is key `i + offset` (the rank's block), and the cross
+/// entropy is scaled by 2τ. Also returns the instance accuracy.
+public func inBatchContrastiveLoss(_ q: Tensor, _ k: Tensor, temperature: Float, offset: Int = 0) -> (loss: Tensor, instanceAccuracy: Float) {
+    precondition(q.shape.count == 2 && k.shape.count == 2 && q.shape[1] == k.shape[1] && offset + q.shape[0] <= k.shape[0],
+                 "inBatchContrastiveLoss: q \(q.shape), k \(k.shape), offset \(offset)")
+    let logits = matmul(l2Normalized(q), l2Normalized(k), transposeB: true) / temperature
+    let targets = (0..<q.shape[0]).map { $0 + offset }
+    return (crossEntropy(logits, targets: targets) * (2 * temperature), instanceAccuracy(logits, targets: targets))
+}

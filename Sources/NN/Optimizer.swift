@@ -2,9 +2,29 @@ import Foundation
 import Kernels
 import Autograd
 
+/// An optimizer over a fixed list of parameters with one momentum buffer each (what a
+/// checkpoint keeps of it): SGD for MoCo, LARS for SimCLR and MoCo v3.
+public protocol Optimizer: AnyObject {
+    var parameters: [Tensor] { get }
+    var learningRate: Float { get set }
+    /// Momentum buffers in parameter order, nil until a parameter's first step.
+    var momentumBuffers: [Tensor?] { get }
+    /// Updates every parameter that has a gradient, in place.
+    func step()
+    /// Restores momentum buffers (e.g. from a checkpoint); nil entries mean "no step taken yet".
+    func loadMomentumBuffers(_ buffers: [Tensor?])
+}
+
+extension Optimizer {
+    /// Drops every gradient (PyTorch's `zero_grad(set_to_none=True)`); their memory returns to the pool.
+    public func zeroGrad() {
+        for p in parameters { p.grad = nil }
+    }
+}
+
 /// Stochastic gradient descent with momentum and weight decay, exactly as `torch.optim.SGD`
 /// (no dampening, no Nesterov): `d = g + wd·p; buf = m·buf + d (buf = d on the first step); p -= lr·buf`.
-public final class SGD {
+public final class SGD: Optimizer {
     public let parameters: [Tensor]
     public var learningRate: Float
     public let momentum: Float
@@ -40,12 +60,73 @@ public final class SGD {
         }
     }
 
-    /// Drops every gradient (PyTorch's `zero_grad(set_to_none=True)`); their memory returns to the pool.
-    public func zeroGrad() {
-        for p in parameters { p.grad = nil }
+    public func loadMomentumBuffers(_ buffers: [Tensor?]) {
+        precondition(buffers.count == parameters.count)
+        for (i, b) in buffers.enumerated() {
+            if let b { precondition(b.shape == parameters[i].shape) }
+        }
+        momentumBuffers = buffers
+    }
+}
+
+/// LARS (You, Gitman, Ginsburg 2017) as MoCo v3's code has it (`moco-v3/optimizer.py`; SimCLR's
+/// recipe is the same rule): a parameter of more than one dimension (a weight) takes weight decay
+/// and then the layer-wise trust ratio, `d = (g + wd·p) · η‖p‖/‖g + wd·p‖` (the ratio is 1 when
+/// either norm is 0); biases and batch-norm parameters (one dimension) take neither, `d = g`.
+/// Then momentum: `mu = m·mu + d` (mu starts at 0), `p -= lr·mu`.
+public final class LARS: Optimizer {
+    public let parameters: [Tensor]
+    public var learningRate: Float
+    public let momentum: Float
+    public let weightDecay: Float
+    /// η, the trust coefficient.
+    public let trustCoefficient: Float
+    public private(set) var momentumBuffers: [Tensor?]
+
+    public init(parameters: [Tensor], learningRate: Float, momentum: Float = 0.9, weightDecay: Float = 0, trustCoefficient: Float = 0.001) {
+        self.parameters = parameters
+        self.learningRate = learningRate
+        self.momentum = momentum
+        self.weightDecay = weightDecay
+        self.trustCoefficient = trustCoefficient
+        momentumBuffers = Array(repeating: nil, count: parameters.count)
     }
 
-    /// Restores momentum buffers (e.g. from a checkpoint); `nil` entries mean "no step taken yet".
+    /// Whether a parameter takes weight decay and the trust ratio (a weight, not a bias or a
+    /// batch-norm scale or shift).
+    public static func adapts(_ p: Tensor) -> Bool { p.shape.count > 1 }
+
+    public func step() {
+        for (i, p) in parameters.enumerated() {
+            guard let g = p.grad else { continue }
+            precondition(g.desc == p.desc, "gradient layout differs from its parameter's")
+            if momentumBuffers[i] == nil { momentumBuffers[i] = Tensor.zeros(p.shape) }
+            let n = p.count, adapt = Self.adapts(p)
+            let (lr, m, wd, eta) = (learningRate, momentum, weightDecay, trustCoefficient)
+            p.withUnsafeMutableFloats { fp in
+                g.withUnsafeFloats { fg in
+                    momentumBuffers[i]!.withUnsafeMutableFloats { mu in
+                        var scale: Float = 1
+                        if adapt {
+                            var pp: Double = 0, dd: Double = 0
+                            for j in 0..<n {
+                                let d = fg[j] + wd * fp[j]
+                                pp += Double(fp[j] * fp[j]); dd += Double(d * d)
+                            }
+                            let pNorm = Float(pp.squareRoot()), dNorm = Float(dd.squareRoot())
+                            if pNorm > 0 && dNorm > 0 { scale = eta * pNorm / dNorm }
+                        }
+                        for j in 0..<n {
+                            let d = adapt ? (fg[j] + wd * fp[j]) * scale : fg[j]
+                            mu[j] = m * mu[j] + d
+                            fp[j] -= lr * mu[j]
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     public func loadMomentumBuffers(_ buffers: [Tensor?]) {
         precondition(buffers.count == parameters.count)
         for (i, b) in buffers.enumerated() {

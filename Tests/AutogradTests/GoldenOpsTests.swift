@@ -27,6 +27,34 @@ import Testing
         if let b { expectClose(b.grad, f.values("gb"), "gb") }
     }
 
+    /// SimCLR's NT-Xent (self-similarity masked with -inf in PyTorch, -1e9 here) and MoCo v3's
+    /// symmetric loss, one process and a rank's block of gathered keys, with their gradients.
+    @Test func methodLossesMatchPyTorch() throws {
+        let f = try Fixtures.golden("method_losses")
+        let z1 = f.t("ntxent.z1", requiresGrad: true), z2 = f.t("ntxent.z2", requiresGrad: true)
+        let (nt, acc) = ntXentLoss(z1, z2, temperature: Float(f.metadata["ntxent_temperature"]!)!)
+        expectClose(nt, f.values("ntxent.loss"), "NT-Xent")
+        #expect(acc >= 0 && acc <= 1)
+        nt.backward()
+        expectClose(z1.grad, f.values("ntxent.gz1"), "NT-Xent dz1")
+        expectClose(z2.grad, f.values("ntxent.gz2"), "NT-Xent dz2")
+
+        let t = Float(f.metadata["v3_temperature"]!)!
+        let q1 = f.t("v3.q1", requiresGrad: true), q2 = f.t("v3.q2", requiresGrad: true)
+        let k1 = f.t("v3.k1", requiresGrad: true), k2 = f.t("v3.k2", requiresGrad: true)
+        let v3 = inBatchContrastiveLoss(q1, k2, temperature: t).loss + inBatchContrastiveLoss(q2, k1, temperature: t).loss
+        expectClose(v3, f.values("v3.loss"), "v3")
+        v3.backward()
+        for (name, x) in [("q1", q1), ("q2", q2), ("k1", k1), ("k2", k2)] { expectClose(x.grad, f.values("v3.g\(name)"), "v3 d\(name)") }
+
+        let qb = f.t("v3block.q", requiresGrad: true), kb = f.t("v3block.k", requiresGrad: true)
+        let block = inBatchContrastiveLoss(qb, kb, temperature: t, offset: Int(f.metadata["v3block_offset"]!)!).loss
+        expectClose(block, f.values("v3block.loss"), "v3 block")
+        block.backward()
+        expectClose(qb.grad, f.values("v3block.gq"), "v3 block dq")
+        expectClose(kb.grad, f.values("v3block.gk"), "v3 block dk")
+    }
+
     @Test(arguments: ["bn_train", "bn1d_train", "bn_eval"])
     func batchNormMatchesPyTorch(name: String) throws {
         let f = try Fixtures.golden(name)

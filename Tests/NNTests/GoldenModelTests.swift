@@ -73,4 +73,25 @@ import Testing
             #expect(closeness(p1.toArray(), f.values("p1.after.\(step)"), rtol: 1e-5, atol: 1e-7).ok, "p1 step \(step)")
         }
     }
+
+    /// MoCo v3's LARS (its code, in scripts/make_golden.py) for three steps with a changing rate:
+    /// a weight (decay and trust ratio), a bias (neither) and a zero weight (trust ratio 1).
+    @Test func larsThreeSteps() throws {
+        let f = try Fixtures.golden("lars")
+        let ps = (0..<3).map { f.t("p\($0).init", requiresGrad: true) }
+        let lrs = f.metadata["lrs"]!.split(separator: ",").map { Float($0)! }
+        let opt = LARS(parameters: ps, learningRate: lrs[0], momentum: Float(f.metadata["momentum"]!)!,
+                       weightDecay: Float(f.metadata["weight_decay"]!)!, trustCoefficient: Float(f.metadata["trust_coefficient"]!)!)
+        #expect(ps.map(LARS.adapts) == [true, false, true])
+        for (step, lr) in lrs.enumerated() {
+            opt.learningRate = lr
+            for (i, p) in ps.enumerated() { p.grad = f.t("p\(i).grad.\(step)") }
+            opt.step()
+            for (i, p) in ps.enumerated() {
+                let c = closeness(p.toArray(), f.values("p\(i).after.\(step)"), rtol: 1e-5, atol: 1e-7)
+                #expect(c.ok, "p\(i) step \(step): \(c)")
+            }
+        }
+        #expect(opt.momentumBuffers.allSatisfy { $0 != nil })
+    }
 }
