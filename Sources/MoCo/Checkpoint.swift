@@ -36,9 +36,9 @@ public struct CheckpointInfo: Sendable, Equatable, Codable {
     }
 }
 
-/// Full training state in a safetensors file: both encoders with their heads and BN buffers,
-/// the queue and its pointer, the optimizer's momentum buffers, step and epoch, the random
-/// state, and the job spec in `__metadata__`.
+/// Full training state in a safetensors file: the method's state (for MoCo both encoders with
+/// their heads and BN buffers, the queue and its pointer), the optimizer's momentum buffers, step
+/// and epoch, the random state, and the job spec in `__metadata__`.
 public enum Checkpoint {
     public static let formatVersion = "mocod-checkpoint-1"
 
@@ -47,13 +47,8 @@ public enum Checkpoint {
     }
 
     /// The state as a safetensors file image (not yet written).
-    public static func encode(model: MoCoModel, optimizer: SGD, info: CheckpointInfo, rng: SeededGenerator) -> SafeTensorsFile {
-        var tensors = model.encoderQ.stateDict(prefix: "encoder_q.") + model.encoderK.stateDict(prefix: "encoder_k.")
-        tensors.append(("queue", SafeTensor(model.queue)))
-        tensors.append(("queue_ptr", SafeTensor(int64s: [Int64(model.queuePointer)], shape: [])))
-        for ((name, _), buffer) in zip(model.encoderQ.namedParameters(), optimizer.momentumBuffers) {
-            if let buffer { tensors.append(("optimizer.momentum_buffer.\(name)", SafeTensor(buffer))) }
-        }
+    public static func encode(model: any TrainingMethod, optimizer: any Optimizer, info: CheckpointInfo, rng: SeededGenerator) -> SafeTensorsFile {
+        var tensors = model.checkpointTensors(optimizer: optimizer)
         tensors.append(("step", SafeTensor(int64s: [Int64(info.step)], shape: [])))
         tensors.append(("epoch", SafeTensor(int64s: [Int64(info.epoch)], shape: [])))
         let s = rng.state
@@ -107,27 +102,10 @@ public enum Checkpoint {
     }
 
     /// Restores model, optimizer and generator from a checkpoint file image.
-    public static func restore(_ file: SafeTensorsFile, model: MoCoModel, optimizer: SGD, rng: inout SeededGenerator) throws -> CheckpointInfo {
+    public static func restore(_ file: SafeTensorsFile, model: any TrainingMethod, optimizer: any Optimizer, rng: inout SeededGenerator) throws -> CheckpointInfo {
         let info = try info(of: file)
         let all = file.byName
-        try model.encoderQ.loadStateDict(all, prefix: "encoder_q.", strict: true)
-        try model.encoderK.loadStateDict(all, prefix: "encoder_k.", strict: true)
-        guard let q = all["queue"], q.shape == model.queue.shape else {
-            throw SafeTensorsError(.shapeMismatch, "queue: checkpoint has \(all["queue"]?.shape ?? []), model has \(model.queue.shape)")
-        }
-        model.queue.assign(try q.tensor())
-        guard let ptr = try all["queue_ptr"]?.int64s().first else { throw SafeTensorsError(.missingKey, "checkpoint lacks queue_ptr") }
-        model.queuePointer = Int(ptr)
-        var buffers: [Tensor?] = []
-        for (name, p) in model.encoderQ.namedParameters() {
-            if let b = all["optimizer.momentum_buffer.\(name)"] {
-                guard b.shape == p.shape else { throw SafeTensorsError(.shapeMismatch, "momentum buffer \(name): \(b.shape) vs \(p.shape)") }
-                buffers.append(try b.tensor())
-            } else {
-                buffers.append(nil)
-            }
-        }
-        optimizer.loadMomentumBuffers(buffers)
+        try model.restore(from: all, optimizer: optimizer)
         guard let r = try all["rng.shuffle"]?.int64s(), r.count == 4 else { throw SafeTensorsError(.missingKey, "checkpoint lacks rng.shuffle") }
         rng.state = (UInt64(bitPattern: r[0]), UInt64(bitPattern: r[1]), UInt64(bitPattern: r[2]), UInt64(bitPattern: r[3]))
         return info

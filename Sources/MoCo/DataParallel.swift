@@ -19,7 +19,7 @@ import NN
 extension MoCoModel {
     /// One data-parallel training step on this rank's blocks `x1`, `x2` (B images each).
     /// A non-finite loss (the ranks' mean, so every rank sees it) changes nothing.
-    public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: SGD, rng: inout SeededGenerator,
+    public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: any Optimizer, rng: inout SeededGenerator,
                           group: Communicator) throws -> DataParallelStepResult {
         precondition(!symmetric, "the data-parallel step covers the asymmetric loss")
         momentumUpdate()

@@ -1,11 +1,16 @@
 import Autograd
+import Collectives
+import Foundation
 import Kernels
 import NN
 
 /// Momentum Contrast (He et al. 2019, arXiv 1911.05722, Algorithm 1; v2: Chen et al. 2020,
 /// arXiv 2003.04297): a query encoder trained by SGD, a key encoder that follows it by EMA, and
 /// a queue of past keys as negatives for the InfoNCE loss.
-public final class MoCoModel {
+///
+/// As a `TrainingMethod` its state is `queue`, `queue_ptr`, `encoder_q.*` and `encoder_k.*`
+/// (the order of the official code's `state_dict`).
+public final class MoCoModel: TrainingMethod {
     public let encoderQ: ResNet
     public let encoderK: ResNet
     /// The queue, one L2-normalized key per row: `K x dim`.
@@ -26,12 +31,7 @@ public final class MoCoModel {
                 bnSplits: Int, symmetric: Bool, rng: inout SeededGenerator) {
         encoderQ = Self.makeEncoder(config: config, mlpHidden: mlpHidden, bnSplits: bnSplits, rng: &rng)
         encoderK = Self.makeEncoder(config: config, mlpHidden: mlpHidden, bnSplits: bnSplits, rng: &rng)
-        for (k, q) in zip(encoderK.stateEntries(), encoderQ.stateEntries()) {
-            switch (k, q) {
-            case (.parameter(_, let a), .parameter(_, let b)), (.buffer(_, let a), .buffer(_, let b)): a.assign(b)
-            default: break
-            }
-        }
+        copyState(of: encoderQ, into: encoderK)
         paramsQ = encoderQ.parameters()
         paramsK = encoderK.parameters()
         for p in paramsK { p.requiresGrad = false }
@@ -39,6 +39,31 @@ public final class MoCoModel {
         self.momentum = momentum
         self.temperature = temperature
         self.symmetric = symmetric
+    }
+
+    // MARK: - TrainingMethod
+
+    public var isTraining = true
+    public var ownState: [StateEntry] {
+        [.buffer("queue", queue),
+         .counter("queue_ptr", get: { [unowned self] in Int64(queuePointer) }, set: { [unowned self] in queuePointer = Int($0) })]
+    }
+    public var children: [(String, any Module)] { [("encoder_q", encoderQ), ("encoder_k", encoderK)] }
+    public var encoder: ResNet { encoderQ }
+    public var trainable: [(String, Tensor)] { encoderQ.namedParameters() }
+
+    /// ln(K+1): the loss when the positive is no more likely than any of the K negatives.
+    public func lossAtChance(batch: Int) -> Double { log(Double(queue.shape[0] + 1)) }
+
+    public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: any Optimizer, progress: Double, rng: inout SeededGenerator) -> StepDiagnostics {
+        let (result, loss) = trainStep(x1, x2, optimizer: optimizer, rng: &rng)
+        return StepDiagnostics(loss: loss, instanceAccuracy: result.instanceAccuracy, featureStd: result.featureStd)
+    }
+
+    public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: any Optimizer, progress: Double, rng: inout SeededGenerator,
+                          group: Communicator) throws -> StepDiagnostics {
+        let r = try trainStep(x1, x2, optimizer: optimizer, rng: &rng, group: group)
+        return StepDiagnostics(loss: r.loss, instanceAccuracy: r.instanceAccuracy, featureStd: r.featureStd, allReduce: r.allReduce)
     }
 
     /// One encoder as the method builds it: a ResNet whose `fc` is the projection head (v2's MLP
@@ -58,11 +83,7 @@ public final class MoCoModel {
 
     /// `θk ← m·θk + (1−m)·θq` for every parameter (buffers are the key encoder's own).
     public func momentumUpdate() {
-        for (k, q) in zip(paramsK, paramsQ) {
-            k.withUnsafeMutableFloats { fk in
-                q.withUnsafeFloats { fq in Vector.ema(fk.baseAddress!, toward: fq.baseAddress!, count: k.count, momentum: momentum) }
-            }
-        }
+        MoCo.momentumUpdate(paramsK, toward: paramsQ, momentum: momentum)
     }
 
     /// Keys for `x` with shuffle BN on one process: the batch is permuted, encoded with split
@@ -85,19 +106,8 @@ public final class MoCoModel {
         let positive = sumRows(multiply(q, k))                         // N x 1
         let negative = matmul(q, queue, transposeB: true)              // N x K
         let logits = concat([positive, negative], axis: 1) / temperature   // N x (1+K)
-        let n = q.shape[0], width = logits.shape[1]
-        // Instance accuracy: is the positive ranked first among the K+1 candidates?
-        let hits = logits.withUnsafeFloats { l in
-            var hits = 0
-            for i in 0..<n {
-                let row = l.baseAddress! + i * width
-                var best = 0
-                for j in 1..<width where row[j] > row[best] { best = j }
-                if best == 0 { hits += 1 }
-            }
-            return hits
-        }
-        return (crossEntropy(logits, targets: [Int](repeating: 0, count: n)), Float(hits) / Float(n))
+        let targets = [Int](repeating: 0, count: q.shape[0])
+        return (crossEntropy(logits, targets: targets), instanceAccuracy(logits, targets: targets))
     }
 
     /// One forward pass of the method: the loss (graph recorded for the query encoder) and the
@@ -125,7 +135,7 @@ public final class MoCoModel {
     /// `mocobench step` times it): the forward pass; then, when the loss is finite, the query
     /// encoder's backward pass, the optimizer step and the enqueue of the keys. A non-finite loss
     /// changes nothing (the caller stops the run); its value is returned either way.
-    public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: SGD, rng: inout SeededGenerator) -> (result: StepResult, loss: Float) {
+    public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: any Optimizer, rng: inout SeededGenerator) -> (result: StepResult, loss: Float) {
         let result = forward(x1, x2, rng: &rng)
         let loss = result.loss.item
         guard loss.isFinite else { return (result, loss) }
@@ -147,22 +157,6 @@ public final class MoCoModel {
             }
         }
         queuePointer = (queuePointer + n) % k
-    }
-
-    /// Mean over dimensions of the per-dimension standard deviation of L2-normalized features
-    /// across the batch: about `1/sqrt(dim)` when healthy, near 0 when the features collapse.
-    func featureStd(_ q: Tensor) -> Float {
-        let n = q.shape[0], d = q.shape[1]
-        return q.withUnsafeFloats { v in
-            var total: Float = 0
-            for j in 0..<d {
-                var s: Float = 0, s2: Float = 0
-                for i in 0..<n { let x = v[i * d + j]; s += x; s2 += x * x }
-                let mean = s / Float(n)
-                total += max(s2 / Float(n) - mean * mean, 0).squareRoot()
-            }
-            return total / Float(d)
-        }
     }
 }
 

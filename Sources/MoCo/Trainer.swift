@@ -107,7 +107,7 @@ public final class Trainer {
     /// Builds the model and optimizer exactly as a fresh run does (seeded by the spec). With N
     /// processes each splits its block of the batch into `bn_splits / N` groups, so the split-BN
     /// groups are those of one process on the whole batch.
-    public func makeModel() -> (MoCoModel, SGD) {
+    public func makeModel() -> (any TrainingMethod, any Optimizer) {
         var rng = SeededGenerator(seed: StreamSeed.mix(spec.seed, 1))
         let model = MoCoModel(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, queueSize: spec.moco.queue,
                               momentum: spec.moco.momentum, temperature: spec.moco.temperature,
@@ -181,8 +181,8 @@ public final class Trainer {
                                                    dropEvaluationAtStep: resumedEvalDue) : nil
         let base = spec.effectiveLearningRate
         let schedule = spec.schedule
-        let chance = log(Double(spec.moco.queue + 1))
         let size = spec.augment.size, channels = train.channels, batch = spec.optim.batch_size, local = loader.localBatchSize
+        let chance = model.lossAtChance(batch: batch)
         let started = Date()
         let firstStep = step
         var lastCheckpointStep = -1
@@ -221,7 +221,7 @@ public final class Trainer {
             var knn: Double?
             if isWriter, let eval, let e = spec.eval, evaluationScheduled(after: done) {
                 let t0 = Date()
-                let top1 = Evaluation.knn(model.encoderQ, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t,
+                let top1 = Evaluation.knn(model.encoder, train: train, eval: eval, mean: mean, std: std, k: e.knn_k, t: e.knn_t,
                                           precision: spec.precision)
                 knn = top1
                 bestKNN = max(bestKNN ?? -1, top1)
@@ -257,14 +257,11 @@ public final class Trainer {
                 let x2 = Tensor(shape: [local, channels, size, size], buffer: b.views[1])
                 let loss: Float, accuracy: Float, featureStd: Float
                 var allReduce: AllReduceStats?
-                if let ranks {
-                    let r = try model.trainStep(x1, x2, optimizer: opt, rng: &shuffleRNG, group: ranks)
-                    (loss, accuracy, featureStd) = (r.loss, r.instanceAccuracy, r.featureStd)
-                    allReduce = r.allReduce
-                } else {
-                    let (result, l) = model.trainStep(x1, x2, optimizer: opt, rng: &shuffleRNG)
-                    (loss, accuracy, featureStd) = (l, result.instanceAccuracy, result.featureStd)
-                }
+                let progress = Double(step) / Double(max(total, 1))
+                let r = try ranks.map { try model.trainStep(x1, x2, optimizer: opt, progress: progress, rng: &shuffleRNG, group: $0) }
+                    ?? model.trainStep(x1, x2, optimizer: opt, progress: progress, rng: &shuffleRNG)
+                (loss, accuracy, featureStd) = (r.loss, r.instanceAccuracy, r.featureStd)
+                allReduce = r.allReduce
                 guard loss.isFinite else {
                     let reason = "loss became \(loss) at step \(step + 1) (epoch \(epoch + 1)); stopped, keeping the last good checkpoint"
                     emit(.message(reason))

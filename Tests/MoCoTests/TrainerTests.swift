@@ -153,7 +153,8 @@ func losses(_ dir: URL) -> [Double] {
     @Test func checkpointRoundTrip() throws {
         let spec = tinySpec()
         let trainer = Trainer(spec: spec, train: train, eval: nil, outDirectory: temporaryDirectory())
-        let (model, opt) = trainer.makeModel()
+        let (modelMethod, opt) = trainer.makeModel()
+        let model = try #require(modelMethod as? MoCoModel)
         model.queuePointer = 16
         opt.loadMomentumBuffers(model.encoderQ.parameters().map { Tensor.full($0.shape, 0.5) })
         let rng = SeededGenerator(seed: 99)
@@ -162,7 +163,8 @@ func losses(_ dir: URL) -> [Double] {
         let url = trainer.outDirectory.appendingPathComponent("c.safetensors")
         let digest = try Checkpoint.write(file, to: url)
         #expect(Checkpoint.recordedDigest(of: url) == digest && Checkpoint.verify(url))
-        let (model2, opt2) = Trainer(spec: tinySpec(), train: train, eval: nil, outDirectory: trainer.outDirectory).makeModel()
+        let (model2Method, opt2) = Trainer(spec: tinySpec(), train: train, eval: nil, outDirectory: trainer.outDirectory).makeModel()
+        let model2 = try #require(model2Method as? MoCoModel)
         var rng2 = SeededGenerator(seed: 1)
         let back = try Checkpoint.restore(SafeTensorsFile.read(from: url), model: model2, optimizer: opt2, rng: &rng2)
         #expect(back.step == 7 && back.epoch == 1 && back.knnTop1 == 55.5 && back.spec == spec)
@@ -181,7 +183,8 @@ func losses(_ dir: URL) -> [Double] {
         defer { try? FileManager.default.removeItem(at: dir) }
         let spec = tinySpec()
         let trainer = Trainer(spec: spec, train: train, eval: nil, outDirectory: dir)
-        let (model, opt) = trainer.makeModel()
+        let (modelMethod, opt) = trainer.makeModel()
+        let model = try #require(modelMethod as? MoCoModel)
         let store = CheckpointStore(directory: dir, keepLast: 2, keepBest: 1)
         for (step, knn) in [(1, 50.0), (2, 80.0), (3, 60.0), (4, 70.0), (5, 65.0)] {
             let info = CheckpointInfo(step: step, epoch: step, knnTop1: knn, spec: spec, created: Date())
@@ -254,7 +257,8 @@ func losses(_ dir: URL) -> [Double] {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let trainer = Trainer(spec: spec, train: train, eval: nil, outDirectory: dir)
-        let (model, opt) = trainer.makeModel()
+        let (modelMethod, opt) = trainer.makeModel()
+        let model = try #require(modelMethod as? MoCoModel)
         var rng = SeededGenerator(seed: 12)
         for p in model.encoderQ.parameters() { p.assign(Tensor.randn(p.shape, using: &rng)) }
         opt.loadMomentumBuffers(model.encoderQ.parameters().map { Tensor.full($0.shape, 0.5) })
@@ -270,7 +274,8 @@ func losses(_ dir: URL) -> [Double] {
         #expect(encoder.stateDict().map(\.name) == model.encoderQ.stateDict().map(\.name))
         #expect(encoder.stateDict().map(\.tensor) == model.encoderQ.stateDict().map(\.tensor))
 
-        let (whole, opt2) = trainer.makeModel()
+        let (wholeMethod, opt2) = trainer.makeModel()
+        let whole = try #require(wholeMethod as? MoCoModel)
         var rng2 = SeededGenerator(seed: 0)
         _ = try Checkpoint.restore(SafeTensorsFile.read(from: url), model: whole, optimizer: opt2, rng: &rng2)
         whole.encoderQ.eval()
@@ -283,7 +288,8 @@ func losses(_ dir: URL) -> [Double] {
     /// A checkpoint without a query encoder is refused with the reason, not loaded half-way.
     @Test func queryEncoderNeedsItsTensors() throws {
         let spec = tinySpec()
-        let (model, opt) = Trainer(spec: spec, train: train, eval: nil, outDirectory: temporaryDirectory()).makeModel()
+        let (modelMethod, opt) = Trainer(spec: spec, train: train, eval: nil, outDirectory: temporaryDirectory()).makeModel()
+        let model = try #require(modelMethod as? MoCoModel)
         let info = CheckpointInfo(step: 0, epoch: 0, knnTop1: nil, spec: spec, created: Date())
         var file = Checkpoint.encode(model: model, optimizer: opt, info: info, rng: SeededGenerator(seed: 0))
         file.tensors.removeAll { $0.name.hasPrefix("encoder_q.") }
@@ -313,7 +319,8 @@ func losses(_ dir: URL) -> [Double] {
         var spec = tinySpec()
         spec.model.width = 32
         let trainer = Trainer(spec: spec, train: train, eval: nil, outDirectory: temporaryDirectory())
-        let (model, opt) = trainer.makeModel()
+        let (modelMethod, opt) = trainer.makeModel()
+        let model = try #require(modelMethod as? MoCoModel)
         let file = Checkpoint.encode(model: model, optimizer: opt, info: CheckpointInfo(step: 0, epoch: 0, knnTop1: nil, spec: spec, created: Date()),
                                      rng: SeededGenerator(seed: 0))
         let exported = try Checkpoint.exportEncoder(file, mean: [0.25], std: [0.5])
@@ -326,11 +333,11 @@ func losses(_ dir: URL) -> [Double] {
     @Test func embeddingsAreInDatasetOrder() {
         let trainer = Trainer(spec: tinySpec(), train: train, eval: nil, outDirectory: temporaryDirectory())
         let (model, _) = trainer.makeModel()
-        let all = Evaluation.features(model.encoderQ, eval, mean: [0.3], std: [0.3], batch: 7)
-        let dim = model.encoderQ.config.featureDimension
+        let all = Evaluation.features(model.encoder, eval, mean: [0.3], std: [0.3], batch: 7)
+        let dim = model.encoder.config.featureDimension
         #expect(all.count == eval.count * dim)
         for i in [0, 13, 29] {
-            let one = Evaluation.features(model.encoderQ, eval.prefix(i + 1), mean: [0.3], std: [0.3], batch: 1)
+            let one = Evaluation.features(model.encoder, eval.prefix(i + 1), mean: [0.3], std: [0.3], batch: 1)
             #expect(closeness(Array(one.suffix(dim)), Array(all[(i * dim)..<((i + 1) * dim)]), rtol: 1e-4, atol: 1e-5).ok)
         }
     }
