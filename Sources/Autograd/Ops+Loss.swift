@@ -103,8 +103,14 @@ public func instanceAccuracy(_ logits: Tensor, targets: [Int]) -> Float {
 /// 2N views. Also returns the instance accuracy (the positive ranked first).
 public func ntXentLoss(_ z1: Tensor, _ z2: Tensor, temperature: Float) -> (loss: Tensor, instanceAccuracy: Float) {
     precondition(z1.shape == z2.shape && z1.shape.count == 2, "ntXentLoss: \(z1.shape) and \(z2.shape)")
-    let n = z1.shape[0], m = 2 * n
-    let z = l2Normalized(concat([z1, z2], axis: 0))                        // 2N x D
+    return ntXentLoss(concat([z1, z2], axis: 0), temperature: temperature)
+}
+
+/// NT-Xent over `z` (2N x D) whose rows `i` and `i + N` are the two views of image `i`.
+public func ntXentLoss(_ stacked: Tensor, temperature: Float) -> (loss: Tensor, instanceAccuracy: Float) {
+    precondition(stacked.shape.count == 2 && stacked.shape[0] % 2 == 0, "ntXentLoss: \(stacked.shape)")
+    let m = stacked.shape[0], n = m / 2
+    let z = l2Normalized(stacked)                                          // 2N x D
     // A view is not its own candidate: its self-similarity is pushed to -1e9, where exp is 0.
     var mask = [Float](repeating: 0, count: m * m)
     for i in 0..<m { mask[i * m + i] = -1e9 }

@@ -194,7 +194,7 @@ public final class API: Sendable {
             let body = Data(req.body)
             if req.query["dry_run"] == "true" {
                 let spec = try scheduler.validate(body).get()
-                return .json(DryRun(spec: spec, checks: .init(valid: true, queue_multiple_of_batch: spec.moco.queue % spec.optim.batch_size == 0),
+                return .json(DryRun(spec: spec, checks: .init(valid: true, queue_multiple_of_batch: spec.moco.map { $0.queue % spec.optim.batch_size == 0 }),
                                     estimate: .init(memory_bytes: Scheduler.estimatedMemoryBytes(spec), learning_rate: Double(spec.effectiveLearningRate))))
             }
             let key = req.headers["Idempotency-Key"]
@@ -253,7 +253,8 @@ public final class API: Sendable {
     }
 
     struct DryRun: Encodable {
-        struct Checks: Encodable { var valid: Bool; var queue_multiple_of_batch: Bool }
+        /// `queue_multiple_of_batch`: for the methods with a queue only.
+        struct Checks: Encodable { var valid: Bool; var queue_multiple_of_batch: Bool? }
         struct Estimate: Encodable { var memory_bytes: Int; var learning_rate: Double }
         var spec: JobSpec, checks: Checks, estimate: Estimate
     }

@@ -18,7 +18,7 @@ extension Scheduler {
         }
         // Limits that keep one job from taking the machine.
         if spec.optim.batch_size > 1024 { issues.append(FieldIssue("optim.batch_size", "must be at most 1024 on this daemon")) }
-        if spec.moco.queue > 262_144 { issues.append(FieldIssue("moco.queue", "must be at most 262144 on this daemon")) }
+        if let moco = spec.moco, moco.queue > 262_144 { issues.append(FieldIssue("moco.queue", "must be at most 262144 on this daemon")) }
         if spec.augment.size > 256 { issues.append(FieldIssue("augment.size", "must be at most 256 on this daemon")) }
         if spec.optim.epochs > 1000 { issues.append(FieldIssue("optim.epochs", "must be at most 1000 on this daemon")) }
         if spec.distributed.processes > 1 {
@@ -40,8 +40,9 @@ extension Scheduler {
         return issues.isEmpty ? .success(spec) : .failure(SpecError(issues))
     }
 
-    /// A rough upper bound: both encoders' weights, SGD state and gradients, the queue, and the
-    /// activations of one training step (per image: the forward FLOPs of the stem-sized maps).
+    /// A rough upper bound: both encoders' weights, optimizer state and gradients, the queue, and
+    /// the activations of one training step (per image: the forward FLOPs of the stem-sized maps;
+    /// SimCLR and MoCo v3 keep both views' activations for the backward pass, MoCo one).
     public static func estimatedMemoryBytes(_ spec: JobSpec) -> Int {
         let c = spec.resnetConfig
         let w = Double(c.width), s = Double(spec.augment.size)
@@ -49,7 +50,8 @@ extension Scheduler {
         let blocks: Double = c.arch == .resnet18 ? 8 : 16
         let perImage = spatial * w * 4 * blocks * 2.5 * (c.arch == .resnet50 ? 4 : 1)
         let params = 11.2e6 * (w / 64) * (w / 64) * (c.arch == .resnet50 ? 2.1 : c.arch == .resnet34 ? 1.9 : 1)
-        let bytes = 4 * (perImage * Double(spec.optim.batch_size) * 2 + params * 5 + Double(spec.moco.queue * spec.model.dim))
+        let views: Double = spec.method.hasQueue ? 2 : 3
+        let bytes = 4 * (perImage * Double(spec.optim.batch_size) * views + params * 5 + Double((spec.moco?.queue ?? 0) * spec.model.dim))
         return Int(bytes) + 300 << 20
     }
 

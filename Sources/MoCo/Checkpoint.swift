@@ -130,7 +130,7 @@ public enum Checkpoint {
         let spec = info.spec
         // The initial values are all overwritten (strict load), so the seed does not matter.
         var rng = SeededGenerator(seed: 0)
-        let encoder = MoCoModel.makeEncoder(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, bnSplits: spec.moco.bn_splits, rng: &rng)
+        let encoder = Methods.makeEncoder(spec, rng: &rng)
         do { try encoder.loadStateDict(file.byName, prefix: queryPrefix, strict: true) } catch {
             throw SafeTensorsError(error.code, "query encoder: \(error.message)", file: error.file)
         }

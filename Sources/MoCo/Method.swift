@@ -116,3 +116,48 @@ func copyState(of source: any Module, into target: any Module) {
         }
     }
 }
+
+/// The methods as a spec names them.
+public enum Methods {
+    /// The spec's method, built as a fresh run builds it (seeded by `rng`). With N processes a
+    /// MoCo process splits its block of the batch into `bn_splits / N` groups, so the split-BN
+    /// groups are those of one process on the whole batch.
+    public static func make(_ spec: JobSpec, rng: inout SeededGenerator) -> any TrainingMethod {
+        let method: any TrainingMethod
+        switch spec.method {
+        case .moco_v1, .moco_v2:
+            let m = spec.moco!
+            method = MoCoModel(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, queueSize: m.queue, momentum: m.momentum,
+                               temperature: m.temperature, bnSplits: m.bn_splits / spec.distributed.processes, symmetric: m.symmetric, rng: &rng)
+        case .simclr:
+            method = SimCLR(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, temperature: spec.simclr!.temperature, rng: &rng)
+        case .moco_v3:
+            let v3 = spec.moco_v3!
+            method = MoCoV3(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden ?? spec.resnetConfig.featureDimension,
+                            baseMomentum: v3.momentum, temperature: v3.temperature, rng: &rng)
+        }
+        method.precision = spec.precision
+        return method
+    }
+
+    /// The encoder (backbone and projection head) the spec's method trains, as a checkpoint's
+    /// `encoder_q.*` holds it; its initial values are meant to be overwritten.
+    public static func makeEncoder(_ spec: JobSpec, rng: inout SeededGenerator) -> ResNet {
+        switch spec.method {
+        case .moco_v1, .moco_v2, .simclr:
+            MoCoModel.makeEncoder(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, bnSplits: spec.moco?.bn_splits ?? 1, rng: &rng)
+        case .moco_v3:
+            MoCoV3.makeEncoder(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden ?? spec.resnetConfig.featureDimension, rng: &rng)
+        }
+    }
+
+    /// The spec's optimizer over the method's trainable parameters, at the spec's base rate.
+    public static func makeOptimizer(_ spec: JobSpec, for method: any TrainingMethod) -> any Optimizer {
+        let parameters = method.trainable.map(\.1), o = spec.optim
+        return switch o.optimizer {
+        case .sgd: SGD(parameters: parameters, learningRate: spec.effectiveLearningRate, momentum: o.momentum, weightDecay: o.weight_decay)
+        case .lars: LARS(parameters: parameters, learningRate: spec.effectiveLearningRate, momentum: o.momentum, weightDecay: o.weight_decay,
+                         trustCoefficient: o.trust_coefficient)
+        }
+    }
+}

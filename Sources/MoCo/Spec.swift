@@ -22,7 +22,13 @@ public struct SpecError: Error, Sendable, CustomStringConvertible {
 /// The job spec: the public contract shared by `moco train` and the daemon (see README).
 /// Omitted fields take the method's preset; unknown fields are rejected by their path.
 public struct JobSpec: Codable, Sendable, Equatable {
-    public enum Method: String, Codable, Sendable, CaseIterable { case moco_v2, moco_v1 }
+    public enum Method: String, Codable, Sendable, CaseIterable {
+        case moco_v2, moco_v1, simclr, moco_v3
+        /// MoCo v1 and v2: the methods with a queue (the `moco` section) and data parallelism.
+        public var hasQueue: Bool { self == .moco_v1 || self == .moco_v2 }
+    }
+    /// `sgd` (MoCo v1/v2) or `lars` (SimCLR, MoCo v3).
+    public enum OptimizerKind: String, Codable, Sendable, CaseIterable { case sgd, lars }
     /// How a dataset is stored (see README's data formats).
     public enum DataFormat: String, Codable, Sendable, CaseIterable { case idx, cifar10, cifar100, folder, npy, tar }
     /// `linear`: `lr * batch_size / 256`; `none`: `lr` as given.
@@ -81,6 +87,20 @@ public struct JobSpec: Codable, Sendable, Equatable {
         public var symmetric: Bool
     }
 
+    /// SimCLR's own field (the `simclr` section, present for that method only).
+    public struct SimCLRParameters: Codable, Sendable, Equatable {
+        /// τ of NT-Xent.
+        public var temperature: Float
+    }
+
+    /// MoCo v3's own fields (the `moco_v3` section, present for that method only).
+    public struct MoCoV3Parameters: Codable, Sendable, Equatable {
+        /// The momentum at the start; a half-cosine takes it to 1 by the end.
+        public var momentum: Float
+        /// τ of the contrastive loss (which is scaled by 2τ).
+        public var temperature: Float
+    }
+
     public struct Augmentation: Codable, Sendable, Equatable {
         public var preset: AugmentConfig.Preset
         public var size: Int
@@ -101,6 +121,9 @@ public struct JobSpec: Codable, Sendable, Equatable {
         public var schedule: Schedule
         public var milestones: [Int]
         public var warmup_epochs: Int
+        public var optimizer: OptimizerKind
+        /// LARS's trust coefficient η (ignored by SGD).
+        public var trust_coefficient: Float
     }
 
     public struct Checkpointing: Codable, Sendable, Equatable {
@@ -125,7 +148,12 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public var data: DataSource
     public var eval: Eval?
     public var model: Model
-    public var moco: MoCoParameters
+    /// MoCo v1/v2's section; nil for the other methods.
+    public var moco: MoCoParameters?
+    /// SimCLR's section; nil for the other methods.
+    public var simclr: SimCLRParameters?
+    /// MoCo v3's section; nil for the other methods.
+    public var moco_v3: MoCoV3Parameters?
     public var augment: Augmentation
     public var optim: Optimization
     public var checkpoint: Checkpointing
@@ -140,21 +168,20 @@ public struct JobSpec: Codable, Sendable, Equatable {
 
     // MARK: - Presets
 
-    /// The preset of a method as a JSON object (every field present, nulls included).
+    /// The preset of a method as a JSON object (every field present, nulls included): the
+    /// papers' ImageNet recipes (ResNet-50, 224 px), each method with its own section (`moco`,
+    /// `simclr` or `moco_v3`) and optimizer.
     public static func preset(_ method: Method) -> [String: Any] {
         let v2 = method == .moco_v2
-        return [
+        var out: [String: Any] = [
             "name": "moco-job",
             "method": method.rawValue,
             "data": ["format": "idx", "path": NSNull(), "split": "train", "limit": NSNull(), "cache_mb": 256, "max_error_rate": 0.01] as [String: Any],
             "eval": NSNull(),
-            // The papers' ImageNet defaults: ResNet-50, 224px, K 65536, m 0.999.
             "model": ["arch": "resnet50", "stem": "imagenet", "width": 64, "in_channels": 3, "dim": 128,
-                      "mlp_hidden": v2 ? NSNull() : 0] as [String: Any],
-            "moco": ["queue": 65536, "momentum": 0.999, "temperature": v2 ? 0.2 : 0.07, "bn_splits": 1, "symmetric": false] as [String: Any],
-            "augment": ["preset": v2 ? "v2" : "v1", "size": 224, "mean": NSNull(), "std": NSNull()] as [String: Any],
-            "optim": ["batch_size": 256, "epochs": 200, "lr": 0.03, "lr_scaling": "linear", "weight_decay": 1e-4, "momentum": 0.9,
-                      "schedule": v2 ? "cosine" : "step", "milestones": [120, 160], "warmup_epochs": 0] as [String: Any],
+                      "mlp_hidden": method == .moco_v1 ? 0 : NSNull()] as [String: Any],
+            // aug+ (SimCLR's augmentation, which MoCo v2 adopted) for every method but MoCo v1.
+            "augment": ["preset": method == .moco_v1 ? "v1" : "v2", "size": 224, "mean": NSNull(), "std": NSNull()] as [String: Any],
             "checkpoint": ["every_epochs": 1, "every_steps": NSNull(), "keep_last": 3, "keep_best": 1] as [String: Any],
             "seed": 0,
             "threads": 2,
@@ -162,6 +189,28 @@ public struct JobSpec: Codable, Sendable, Equatable {
             "distributed": ["processes": 1, "timeout_s": 300] as [String: Any],
             "max_restarts": 2,
         ]
+        func optim(lr: Double, wd: Double, schedule: String, warmup: Int, epochs: Int, optimizer: String) -> [String: Any] {
+            ["batch_size": 256, "epochs": epochs, "lr": lr, "lr_scaling": "linear", "weight_decay": wd, "momentum": 0.9,
+             "schedule": schedule, "milestones": [120, 160], "warmup_epochs": warmup, "optimizer": optimizer, "trust_coefficient": 0.001]
+        }
+        switch method {
+        case .moco_v1, .moco_v2:
+            // K 65536, m 0.999, SGD 0.03 at batch 256 for 200 epochs (v1: steps at 120 and 160; v2: cosine).
+            out["moco"] = ["queue": 65536, "momentum": 0.999, "temperature": v2 ? 0.2 : 0.07, "bn_splits": 1, "symmetric": false] as [String: Any]
+            out["optim"] = optim(lr: 0.03, wd: 1e-4, schedule: v2 ? "cosine" : "step", warmup: 0, epochs: 200, optimizer: "sgd")
+        case .simclr:
+            // τ 0.5 (the SimCLR code's CIFAR-10 setting), LARS at 0.3 x batch/256, decay 1e-6, 10
+            // warm-up epochs then cosine per step.
+            out["simclr"] = ["temperature": 0.5] as [String: Any]
+            out["optim"] = optim(lr: 0.3, wd: 1e-6, schedule: "cosine_step", warmup: 10, epochs: 100, optimizer: "lars")
+        case .moco_v3:
+            // The MoCo v3 code's ResNet-50 defaults: dim 256, MLP 4096, m 0.99 rising to 1, τ 1.0,
+            // LARS at 0.6 x batch/256, decay 1e-6, 10 warm-up epochs then cosine per step.
+            out["model"] = ["arch": "resnet50", "stem": "imagenet", "width": 64, "in_channels": 3, "dim": 256, "mlp_hidden": 4096] as [String: Any]
+            out["moco_v3"] = ["momentum": 0.99, "temperature": 1.0] as [String: Any]
+            out["optim"] = optim(lr: 0.6, wd: 1e-6, schedule: "cosine_step", warmup: 10, epochs: 100, optimizer: "lars")
+        }
+        return out
     }
 
     static var evalDefaults: [String: Any] { ["format": "idx", "path": NSNull(), "split": "test", "limit": NSNull(),
@@ -226,6 +275,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             (["augment", "preset"], presets, oneOf(presets)),
             (["optim", "lr_scaling"], LRScaling.allCases.map(\.rawValue), "must be linear or none"),
             (["optim", "schedule"], schedules, oneOf(schedules)),
+            (["optim", "optimizer"], OptimizerKind.allCases.map(\.rawValue), oneOf(OptimizerKind.allCases.map(\.rawValue))),
             (["precision"], Precision.allCases.map(\.rawValue), oneOf(Precision.allCases.map(\.rawValue))),
         ]
     }()
@@ -360,10 +410,25 @@ public struct JobSpec: Codable, Sendable, Equatable {
         need(model.in_channels == 1 || model.in_channels == 3, "model.in_channels", "must be 1 or 3")
         need(between(model.dim, 1, 4096), "model.dim", "must be between 1 and 4096")
         need(model.mlp_hidden.map { between($0, 0, 16384) } ?? true, "model.mlp_hidden", "must be between 0 and 16384, or null")
-        let queueOK = need(between(moco.queue, 1, 1 << 20), "moco.queue", "must be between 1 and 1048576")
-        need(moco.momentum.isFinite && moco.momentum >= 0 && moco.momentum < 1, "moco.momentum", "must be in [0, 1)")
-        need(moco.temperature.isFinite && between(moco.temperature, 1e-4, 100), "moco.temperature", "must be between 0.0001 and 100")
-        let splitsOK = need(between(moco.bn_splits, 1, 4096), "moco.bn_splits", "must be between 1 and 4096")
+        // The method's own section (the preset gives each method its own; the others are unknown fields).
+        var queueOK = false, splitsOK = false
+        if let moco {
+            queueOK = need(between(moco.queue, 1, 1 << 20), "moco.queue", "must be between 1 and 1048576")
+            need(moco.momentum.isFinite && moco.momentum >= 0 && moco.momentum < 1, "moco.momentum", "must be in [0, 1)")
+            need(moco.temperature.isFinite && between(moco.temperature, 1e-4, 100), "moco.temperature", "must be between 0.0001 and 100")
+            splitsOK = need(between(moco.bn_splits, 1, 4096), "moco.bn_splits", "must be between 1 and 4096")
+        }
+        if let simclr {
+            need(simclr.temperature.isFinite && between(simclr.temperature, 1e-4, 100), "simclr.temperature", "must be between 0.0001 and 100")
+        }
+        if let v3 = moco_v3 {
+            need(v3.momentum.isFinite && v3.momentum >= 0 && v3.momentum < 1, "moco_v3.momentum", "must be in [0, 1)")
+            need(v3.temperature.isFinite && between(v3.temperature, 1e-4, 100), "moco_v3.temperature", "must be between 0.0001 and 100")
+            need(model.mlp_hidden != 0, "model.mlp_hidden", "must be above 0 for moco_v3 (its projector and predictor are MLPs), or null")
+        }
+        need(method.hasQueue == (moco != nil), "moco", method.hasQueue ? "is required for \(method.rawValue)" : "is only for moco_v1 and moco_v2")
+        need((method == .simclr) == (simclr != nil), "simclr", method == .simclr ? "is required for simclr" : "is only for simclr")
+        need((method == .moco_v3) == (moco_v3 != nil), "moco_v3", method == .moco_v3 ? "is required for moco_v3" : "is only for moco_v3")
         need(between(augment.size, 8, 512), "augment.size", "must be between 8 and 512")
         for (field, values) in [("augment.mean", augment.mean), ("augment.std", augment.std)] {
             if let v = values {
@@ -377,6 +442,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         need(optim.lr.isFinite && optim.lr > 0, "optim.lr", "must be positive and finite")
         need(optim.weight_decay.isFinite && between(optim.weight_decay, 0, 1), "optim.weight_decay", "must be between 0 and 1")
         need(optim.momentum.isFinite && optim.momentum >= 0 && optim.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        need(optim.trust_coefficient.isFinite && optim.trust_coefficient > 0 && optim.trust_coefficient <= 1, "optim.trust_coefficient", "must be in (0, 1]")
         need(optim.milestones.count <= 100, "optim.milestones", "must have at most 100 entries")
         need(optim.milestones.allSatisfy { between($0, 1, 10_000) }, "optim.milestones", "entries must be epochs between 1 and 10000")
         let warmupOK = need(between(optim.warmup_epochs, 0, 10_000), "optim.warmup_epochs", "must be between 0 and 10000")
@@ -390,12 +456,12 @@ public struct JobSpec: Codable, Sendable, Equatable {
         if epochsOK && warmupOK {
             need(optim.warmup_epochs < optim.epochs, "optim.warmup_epochs", "must be below epochs (\(optim.epochs))")
         }
-        if batchOK && queueOK {
+        if batchOK && queueOK, let moco {
             let perStep = moco.symmetric ? 2 * optim.batch_size : optim.batch_size
             need(moco.queue % perStep == 0, "moco.queue",
                  "must be a multiple of \(moco.symmetric ? "2 x batch_size" : "batch_size") (\(perStep)) so keys enqueue without wrapping")
         }
-        if batchOK && splitsOK {
+        if batchOK && splitsOK, let moco {
             if need(optim.batch_size % moco.bn_splits == 0, "moco.bn_splits", "must divide batch_size (\(optim.batch_size))") {
                 need(optim.batch_size / moco.bn_splits >= 2, "moco.bn_splits", "leaves fewer than 2 images per split")
             }
@@ -404,11 +470,12 @@ public struct JobSpec: Codable, Sendable, Equatable {
         need(between(distributed.timeout_s, 5, 86_400), "distributed.timeout_s", "must be between 5 and 86400 seconds")
         if need(between(processes, 1, 256), "distributed.processes", "must be between 1 and 256"), processes > 1 {
             if batchOK { need(optim.batch_size % processes == 0, "distributed.processes", "must divide optim.batch_size (\(optim.batch_size))") }
-            if splitsOK {
+            if splitsOK, let moco {
                 need(moco.bn_splits % processes == 0, "moco.bn_splits",
                      "must be a multiple of distributed.processes (\(processes)): each process splits its block into bn_splits / processes groups")
             }
-            need(!moco.symmetric, "moco.symmetric", "must be false when distributed.processes is above 1")
+            if let moco { need(!moco.symmetric, "moco.symmetric", "must be false when distributed.processes is above 1") }
+            need(method.hasQueue, "distributed.processes", "must be 1 for method \(method.rawValue): data parallelism covers moco_v1 and moco_v2")
         }
         return p
     }
@@ -478,8 +545,8 @@ public struct Preflight: Sendable {
                 issues.append(FieldIssue("eval", "images are \(eval.height)x\(eval.width)x\(eval.channels), training images \(train.height)x\(train.width)x\(train.channels)"))
             }
         }
-        if spec.moco.queue > train.count {
-            out.warnings.append("moco.queue (\(spec.moco.queue)) exceeds the \(train.count) training images: the queue will hold stale keys of the same images")
+        if let moco = spec.moco, moco.queue > train.count {
+            out.warnings.append("moco.queue (\(moco.queue)) exceeds the \(train.count) training images: the queue will hold stale keys of the same images")
         }
         guard issues.isEmpty else { throw SpecError(issues) }
         return out

@@ -104,19 +104,11 @@ public final class Trainer {
     /// Whether this process writes metrics, checkpoints and evaluations (alone, or rank 0).
     public var isWriter: Bool { (group?.rank ?? 0) == 0 }
 
-    /// Builds the model and optimizer exactly as a fresh run does (seeded by the spec). With N
-    /// processes each splits its block of the batch into `bn_splits / N` groups, so the split-BN
-    /// groups are those of one process on the whole batch.
+    /// Builds the method and optimizer exactly as a fresh run does (seeded by the spec).
     public func makeModel() -> (any TrainingMethod, any Optimizer) {
         var rng = SeededGenerator(seed: StreamSeed.mix(spec.seed, 1))
-        let model = MoCoModel(config: spec.resnetConfig, mlpHidden: spec.model.mlp_hidden, queueSize: spec.moco.queue,
-                              momentum: spec.moco.momentum, temperature: spec.moco.temperature,
-                              bnSplits: spec.moco.bn_splits / spec.distributed.processes,
-                              symmetric: spec.moco.symmetric, rng: &rng)
-        model.precision = spec.precision
-        let opt = SGD(parameters: model.encoderQ.parameters(), learningRate: spec.effectiveLearningRate,
-                      momentum: spec.optim.momentum, weightDecay: spec.optim.weight_decay)
-        return (model, opt)
+        let method = Methods.make(spec, rng: &rng)
+        return (method, Methods.makeOptimizer(spec, for: method))
     }
 
     /// Trains until the last epoch, a stop request (checked between steps), `stopAfterSteps`

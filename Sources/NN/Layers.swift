@@ -31,7 +31,8 @@ public final class Conv2d: Layer {
 /// Batch normalization (`BatchNorm1d`/`BatchNorm2d`): weight 1, bias 0, running mean 0, var 1.
 ///
 /// `groups` > 1 makes it split BN (statistics over sub-batches, the single-process stand-in for
-/// shuffle BN); `fusedReLU` applies a ReLU in the same oneDNN pass.
+/// shuffle BN); `fusedReLU` applies a ReLU in the same oneDNN pass. Without `affine` (PyTorch's
+/// `affine=False`) the scale and shift stay 1 and 0 and are neither trained nor in the state.
 public final class BatchNorm: Layer {
     public let weight: Tensor
     public let bias: Tensor
@@ -43,10 +44,12 @@ public final class BatchNorm: Layer {
     public var groups: Int
     public var fusedReLU: Bool
     public var isTraining = true
+    public let affine: Bool
 
-    public init(features: Int, momentum: Float = 0.1, epsilon: Float = 1e-5, groups: Int = 1, fusedReLU: Bool = false) {
-        weight = Tensor.ones([features], requiresGrad: true)
-        bias = Tensor.zeros([features], requiresGrad: true)
+    public init(features: Int, momentum: Float = 0.1, epsilon: Float = 1e-5, groups: Int = 1, fusedReLU: Bool = false, affine: Bool = true) {
+        weight = Tensor.ones([features], requiresGrad: affine)
+        bias = Tensor.zeros([features], requiresGrad: affine)
+        self.affine = affine
         runningMean = Tensor.zeros([features])
         runningVar = Tensor.ones([features])
         self.momentum = momentum
@@ -56,7 +59,7 @@ public final class BatchNorm: Layer {
     }
 
     public var ownState: [StateEntry] {
-        [.parameter("weight", weight), .parameter("bias", bias), .buffer("running_mean", runningMean),
+        (affine ? [.parameter("weight", weight), .parameter("bias", bias)] : []) + [.buffer("running_mean", runningMean),
          .buffer("running_var", runningVar),
          .counter("num_batches_tracked", get: { [unowned self] in numBatchesTracked }, set: { [unowned self] in numBatchesTracked = $0 })]
     }

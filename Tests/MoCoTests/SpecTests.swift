@@ -8,15 +8,15 @@ import Testing
 
     @Test func exampleParsesWithPresetDefaults() throws {
         let spec = try JobSpec.parse(Self.example)
-        #expect(spec.name == "fmnist-v2" && spec.moco.queue == 4096 && spec.model.width == 32)
+        #expect(spec.name == "fmnist-v2" && spec.moco?.queue == 4096 && spec.model.width == 32)
         #expect(spec.optim.lr_scaling == .linear && spec.optim.warmup_epochs == 0)   // filled in from moco_v2
         // The minimal spec takes the paper's ImageNet defaults.
         let minimal = try JobSpec.parse(Data(#"{"data": {"path": "x"}}"#.utf8))
-        #expect(minimal.moco.queue == 65536 && minimal.moco.momentum == 0.999 && minimal.moco.temperature == 0.2)
+        #expect(minimal.moco?.queue == 65536 && minimal.moco?.momentum == 0.999 && minimal.moco?.temperature == 0.2)
         #expect(minimal.model.arch == .resnet50 && minimal.optim.schedule == .cosine && minimal.optim.epochs == 200)
         #expect(minimal.eval == nil)
         let v1 = try JobSpec.parse(Data(#"{"method": "moco_v1", "data": {"path": "x"}}"#.utf8))
-        #expect(v1.moco.temperature == 0.07 && v1.model.mlp_hidden == 0 && v1.augment.preset == .v1 && v1.optim.schedule == .step)
+        #expect(v1.moco?.temperature == 0.07 && v1.model.mlp_hidden == 0 && v1.augment.preset == .v1 && v1.optim.schedule == .step)
     }
 
     @Test func everyProblemIsListedWithItsPath() {
