@@ -57,7 +57,7 @@ components:
       required: [data]
       properties:
         name: {type: string, minLength: 1, maxLength: 128}
-        method: {type: string, enum: [moco_v2, moco_v1]}
+        method: {type: string, enum: [moco_v2, moco_v1, simclr, moco_v3], description: 'The method, and the preset that fills omitted fields. moco_v2 and moco_v1 (a queue of negatives, the moco section, SGD), simclr (in-batch negatives over the 2N views, NT-Xent, the simclr section, LARS) or moco_v3 (in-batch keys from a momentum encoder, projector and predictor MLPs with BN, symmetric loss scaled by 2τ, the moco_v3 section, LARS). Each method takes its own section only; another method''s is an unknown field.'}
         data:
           type: object
           additionalProperties: false
@@ -90,16 +90,30 @@ components:
             width: {type: integer, minimum: 1, maximum: 256}
             in_channels: {type: integer, enum: [1, 3]}
             dim: {type: integer, minimum: 1, maximum: 4096}
-            mlp_hidden: {type: [integer, 'null'], minimum: 0, maximum: 16384}
+            mlp_hidden: {type: [integer, 'null'], minimum: 0, maximum: 16384, description: 'Hidden width of the heads - MoCo v2''s and SimCLR''s MLP projection head, MoCo v3''s projector and predictor; null - the backbone''s feature width; 0 - a linear head (not for moco_v3). Presets - moco_v1 0, moco_v3 4096, the others null.'}
         moco:
           type: object
           additionalProperties: false
+          description: moco_v1 and moco_v2 only.
           properties:
             queue: {type: integer, minimum: 1, maximum: 262144}
             momentum: {type: number, minimum: 0, exclusiveMaximum: 1}
             temperature: {type: number, minimum: 0.0001, maximum: 100}
             bn_splits: {type: integer, minimum: 1, maximum: 4096, description: Divides batch_size and leaves at least 2 images per split.}
             symmetric: {type: boolean}
+        simclr:
+          type: object
+          additionalProperties: false
+          description: simclr only.
+          properties:
+            temperature: {type: number, minimum: 0.0001, maximum: 100, description: τ of NT-Xent (preset 0.5).}
+        moco_v3:
+          type: object
+          additionalProperties: false
+          description: moco_v3 only.
+          properties:
+            momentum: {type: number, minimum: 0, exclusiveMaximum: 1, description: 'The momentum encoder''s EMA at the start; a half-cosine takes it to 1 by the end of training (preset 0.99).'}
+            temperature: {type: number, minimum: 0.0001, maximum: 100, description: τ of the contrastive loss, which is scaled by 2τ (preset 1.0).}
         augment:
           type: object
           additionalProperties: false
@@ -121,6 +135,8 @@ components:
             schedule: {type: string, enum: [cosine, cosine_step, step, constant]}
             milestones: {type: array, maxItems: 100, items: {type: integer, minimum: 1, maximum: 10000}}
             warmup_epochs: {type: integer, minimum: 0, maximum: 10000, description: Below epochs.}
+            optimizer: {type: string, enum: [sgd, lars], description: 'sgd (torch.optim.SGD, the moco presets) or lars (MoCo v3''s LARS - weight decay and the trust ratio for weights, neither for biases and batch-norm parameters - the simclr and moco_v3 presets).'}
+            trust_coefficient: {type: number, exclusiveMinimum: 0, maximum: 1, description: LARS's η (default 0.001; ignored by sgd).}
         checkpoint:
           type: object
           additionalProperties: false
@@ -394,7 +410,7 @@ paths:
         - {name: format, in: query, schema: {type: string, enum: [json, csv]}}
       responses:
         '200':
-          description: Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance, eta_seconds, knn_top1), time, precision (fp32 or bf16, the precision it computed in), on a streamed dataset's steps data_errors (unusable images so far), and on a distributed job's steps allreduce_bytes and allreduce_seconds (the all-reduce of gradients and batch-norm statistics: bytes per rank, seconds on rank 0).
+          description: Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance - the loss of uninformative features, ln(K+1) for MoCo v1/v2, ln(2N-1) for SimCLR at batch N, 4τ·ln N for MoCo v3 -, eta_seconds, knn_top1), time, precision (fp32 or bf16, the precision it computed in), on a streamed dataset's steps data_errors (unusable images so far), and on a distributed job's steps allreduce_bytes and allreduce_seconds (the all-reduce of gradients and batch-norm statistics: bytes per rank, seconds on rank 0).
           content:
             application/json: {schema: {type: object, properties: {job_id: {type: string}, next_after_step: {type: integer}, total_points: {type: integer}, points: {type: array, items: {type: object}}}}}
             text/csv: {schema: {type: string}}
