@@ -5,6 +5,7 @@ import HTTP
 import Jobs
 import Kernels
 import Logging
+import NN
 import Synchronization
 import Testing
 
@@ -232,6 +233,38 @@ final class CountLog: @unchecked Sendable {
         #expect(d.request("DELETE", "/v1/jobs/\(id)").status == 204)
         #expect(d.request("GET", "/v1/jobs/\(id)").status == 404)
         #expect(!FileManager.default.fileExists(atPath: d.dir.appendingPathComponent("jobs/\(id)").path))
+    }
+
+    /// SimCLR and MoCo v3 through the daemon as MoCo runs: submitted, trained by a worker, curves
+    /// with their own loss at chance, checkpoints, and the encoder exported with torchvision's
+    /// keys (no head, no prefix); a method's section on another method is a 422 naming the field.
+    @Test(arguments: ["simclr", "moco_v3"])
+    func everyMethodRunsThroughTheDaemon(method: String) throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let section = method == "simclr" ? #""simclr": {"temperature": 0.5}"# : #""moco_v3": {"momentum": 0.9, "temperature": 0.2}"#
+        let spec = """
+        {"name": "api-\(method)", "method": "\(method)", "data": {"format": "npy", "path": "imgs.npy"},
+         "model": {"arch": "resnet18", "stem": "cifar", "width": 4, "in_channels": 1, "dim": 8, "mlp_hidden": 16}, \(section),
+         "augment": {"preset": "v2", "size": 8}, "optim": {"batch_size": 16, "epochs": 2, "warmup_epochs": 1},
+         "checkpoint": {"every_steps": 2, "keep_last": 10}, "threads": 1}
+        """
+        let created = d.request("POST", "/v1/jobs", body: spec)
+        let id = try #require(created.json["id"] as? String, "\(created.json)")
+        let job = d.waitFor(id, ["succeeded", "failed"])
+        #expect(job["state"] as? String == "succeeded", "\(job)")
+        #expect((job["spec"] as? [String: Any])?["method"] as? String == method)
+        let points = (d.request("GET", "/v1/jobs/\(id)/metrics").json["points"] as? [[String: Any]] ?? []).filter { $0["kind"] as? String == "step" }
+        let chance = method == "simclr" ? log(31.0) : 4 * Double(Float(0.2)) * log(16.0)
+        #expect(points.count == 8 && points.allSatisfy { abs(($0["loss_at_chance"] as? Double ?? 0) - chance) < 1e-9 && ($0["loss"] as? Double)?.isFinite == true })
+        let list = d.request("GET", "/v1/jobs/\(id)/checkpoints").json["checkpoints"] as? [[String: Any]] ?? []
+        #expect(list.map { $0["step"] as? Int } == [2, 4, 6, 8])
+        let enc = d.request("GET", "/v1/jobs/\(id)/checkpoints/latest?format=encoder")
+        let exported = try SafeTensorsFile.decode(Data(enc.body))
+        #expect(enc.status == 200 && exported.tensors.first?.name == "conv1.weight")
+        #expect(exported.tensors.allSatisfy { !$0.name.hasPrefix("fc.") && !$0.name.contains("encoder") && !$0.name.hasPrefix("predictor") })
+        let wrong = d.request("POST", "/v1/jobs", body: spec.replacingOccurrences(of: "\"method\": \"\(method)\"", with: "\"method\": \"moco_v2\""))
+        #expect(wrong.status == 422 && "\(wrong.json)".contains(method), "\(wrong.json)")
     }
 
     /// A bf16 job (run in a worker process) says which precision ran: in the job, in every
