@@ -19,7 +19,7 @@ enum Entry {
 struct Moco: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moco",
-        abstract: "MoCo v2 self-supervised training on the CPU, in the foreground.",
+        abstract: "Self-supervised training (MoCo v1/v2, SimCLR, MoCo v3) on the CPU, in the foreground.",
         subcommands: [Train.self, Eval.self, Export.self, Embed.self, DataCommand.self])
 }
 
