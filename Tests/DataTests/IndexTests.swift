@@ -1,6 +1,7 @@
 import Data
 import Foundation
 import MoCo
+import TestSupport
 import Testing
 
 /// Indexing large datasets without decoding: brace patterns, tar headers, image folders, the
@@ -138,7 +139,7 @@ import Testing
         let png = try [UInt8](Data(contentsOf: Self.fixtures.appendingPathComponent("folder/cat/a.png")))
         #expect(try ImageProbe.header(png, file: "a.png").format == .png)
         // A PNG whose header declares 100000 x 100000 pixels: refused before anything is decoded.
-        let bomb = Self.pngHeader(width: 100_000, height: 100_000)
+        let bomb = Fixtures.pngHeader(width: 100_000, height: 100_000)
         do { _ = try Readers.decode(bomb, file: "bomb.png"); Issue.record("a bomb decoded") } catch {
             #expect(error.description == "bomb.png: declares 100000x100000 pixels, more than the 67108864 (8192x8192) mocod decodes (a decompression bomb, or far beyond what training needs)")
         }
@@ -151,7 +152,7 @@ import Testing
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("corrupt"), to: dir.appendingPathComponent("bad"))
-        try Data(Self.pngHeader(width: 100_000, height: 100_000)).write(to: dir.appendingPathComponent("bad/bomb.png"))
+        try Data(Fixtures.pngHeader(width: 100_000, height: 100_000)).write(to: dir.appendingPathComponent("bad/bomb.png"))
         let headers = try DataSources.inspect(format: "folder", path: "bad", split: nil, roots: [dir.path], decode: false)
         #expect(headers.count == 6 && headers.readable == 2 && headers.errors == 4, "\(headers.text)")
         let full = try DataSources.inspect(format: "folder", path: "bad", split: nil, roots: [dir.path], decode: true)
@@ -183,16 +184,6 @@ import Testing
     }
 
     /// A PNG signature and an IHDR chunk declaring `width x height` (8-bit RGB), nothing more.
-    static func pngHeader(width: Int, height: Int) -> [UInt8] {
-        func be(_ v: Int) -> [UInt8] { [UInt8(v >> 24 & 0xff), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)] }
-        let body = Array("IHDR".utf8) + be(width) + be(height) + [8, 2, 0, 0, 0]
-        var crc: UInt32 = 0xffff_ffff
-        for b in body {
-            crc ^= UInt32(b)
-            for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0xedb8_8320 : crc >> 1 }
-        }
-        return [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + be(13) + body + be(Int(~crc))
-    }
 }
 
 /// A minimal tar writer for fixtures: ustar headers, GNU long names ('L') or pax paths ('x').

@@ -3,6 +3,7 @@ import Data
 import Foundation
 @testable import MoCo
 import NN
+import TestSupport
 import Testing
 
 /// Datasets larger than memory: image folders and tar shards decoded as views need them, bad
@@ -42,14 +43,19 @@ import Testing
         return text.split(separator: "\n").compactMap { try? JSONDecoder().decode(MetricPoint.self, from: Data($0.utf8)) }
     }
 
-    /// A folder with 2 bad images among 24: training skips them, names each once in the log,
-    /// counts them in the metrics (data_errors), and finishes.
+    /// A folder with one image of every bad kind among 24 (a zero-byte file, a non-image, a
+    /// truncated JPEG, a decompression bomb's header, a file gone after indexing): training skips
+    /// them, names each once in the log, counts them in the metrics (data_errors), and finishes.
     @Test func badImagesAreSkippedNamedAndCounted() throws {
-        let root = try Self.makeFolder(22, bad: ["empty.jpg": [], "garbage.png": Array("not an image at all".utf8)])
+        let whole = try Readers.encodeJPEG([UInt8](repeating: 90, count: 64 * 48 * 3), width: 64, height: 48, channels: 3)
+        let root = try Self.makeFolder(19, bad: ["empty.jpg": [], "garbage.png": Array("not an image at all".utf8),
+                                                 "truncated.jpg": Array(whole.prefix(whole.count / 2)),
+                                                 "bomb.png": Fixtures.pngHeader(width: 100_000, height: 100_000), "gone.jpg": whole])
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: root); try? FileManager.default.removeItem(at: out) }
         let spec = Self.spec()
         let train = try Self.load(spec, root)
+        try FileManager.default.removeItem(at: root.appendingPathComponent("photos/a/gone.jpg"))   // unreadable once indexed
         #expect(train.count == 24 && train.stream != nil && train.pixels.isEmpty)
         var messages: [String] = []
         let outcome = try Trainer(spec: spec, train: train, eval: nil, outDirectory: out) { e in
@@ -57,10 +63,13 @@ import Testing
         }.run()
         #expect(outcome == .finished)
         let skipped = messages.filter { $0.hasPrefix("skipped an unusable image: ") }
-        #expect(skipped.count == 2, "\(messages)")
-        #expect(skipped.contains { $0.hasSuffix("a/empty.jpg: empty file") } && skipped.contains { $0.contains("a/garbage.png: neither a PNG nor a JPEG") })
+        #expect(skipped.count == 5, "\(messages)")
+        for (file, problem) in [("a/empty.jpg", "empty file"), ("a/garbage.png", "neither a PNG nor a JPEG"), ("a/truncated.jpg", "JPEG"),
+                                ("a/bomb.png", "declares 100000x100000 pixels"), ("a/gone.jpg", "no such file")] {
+            #expect(skipped.filter { $0.contains("\(file): ") && $0.contains(problem) }.count == 1, "\(file): \(skipped)")
+        }
         let steps = Self.points(out).filter { $0.kind == .step }
-        #expect(steps.count == 6 && steps.last?.data_errors == 2, "\(steps.map(\.data_errors))")
+        #expect(steps.count == 6 && steps.last?.data_errors == 5, "\(steps.map(\.data_errors))")
     }
 
     /// Past `data.max_error_rate` the job fails with the counts in its reason.

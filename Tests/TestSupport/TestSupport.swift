@@ -5,6 +5,19 @@ import Autograd
 
 /// Where the committed fixtures live (found from this file's path, so tests need no bundle).
 public enum Fixtures {
+    /// The signature and IHDR chunk of a PNG declaring `width x height` (no pixel data): a
+    /// decompression bomb's header when the size is huge.
+    public static func pngHeader(width: Int, height: Int) -> [UInt8] {
+        func be(_ v: Int) -> [UInt8] { [UInt8(v >> 24 & 0xff), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)] }
+        let body = Array("IHDR".utf8) + be(width) + be(height) + [8, 2, 0, 0, 0]
+        var crc: UInt32 = 0xffff_ffff
+        for b in body {
+            crc ^= UInt32(b)
+            for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0xedb8_8320 : crc >> 1 }
+        }
+        return [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + be(13) + body + be(Int(~crc))
+    }
+
     public static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
 
