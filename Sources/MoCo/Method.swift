@@ -82,6 +82,20 @@ extension TrainingMethod {
     }
 }
 
+extension TrainingMethod {
+    /// The end of a step on one process: when `loss` is finite, the backward pass and the
+    /// optimizer step; the diagnostics either way (a non-finite loss changes nothing).
+    func optimize(_ loss: Tensor, instanceAccuracy: Float, featureStd: Float, optimizer: any Optimizer) -> StepDiagnostics {
+        let value = loss.item
+        if value.isFinite {
+            optimizer.zeroGrad()
+            loss.backward()
+            optimizer.step()
+        }
+        return StepDiagnostics(loss: value, instanceAccuracy: instanceAccuracy, featureStd: featureStd)
+    }
+}
+
 /// Mean over dimensions of the per-dimension standard deviation of `z` (N x D) across the batch.
 func featureStd(_ z: Tensor) -> Float {
     let n = z.shape[0], d = z.shape[1]

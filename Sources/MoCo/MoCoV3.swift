@@ -78,12 +78,7 @@ public final class MoCoV3: TrainingMethod {
             let (l21, a21) = inBatchContrastiveLoss(q2, k1, temperature: temperature)
             return (l12 + l21, (a12 + a21) / 2, featureStd(l2Normalized(q1)))
         }
-        let value = loss.item
-        guard value.isFinite else { return StepDiagnostics(loss: value, instanceAccuracy: accuracy, featureStd: std) }
-        optimizer.zeroGrad()
-        loss.backward()
-        optimizer.step()
-        return StepDiagnostics(loss: value, instanceAccuracy: accuracy, featureStd: std)
+        return optimize(loss, instanceAccuracy: accuracy, featureStd: std, optimizer: optimizer)
     }
 
     public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: any Optimizer, progress: Double, rng: inout SeededGenerator,

@@ -35,12 +35,7 @@ public final class SimCLR: TrainingMethod {
             let (loss, accuracy) = ntXentLoss(z, temperature: temperature)
             return (loss, accuracy, featureStd(l2Normalized(z)))
         }
-        let value = loss.item
-        guard value.isFinite else { return StepDiagnostics(loss: value, instanceAccuracy: accuracy, featureStd: std) }
-        optimizer.zeroGrad()
-        loss.backward()
-        optimizer.step()
-        return StepDiagnostics(loss: value, instanceAccuracy: accuracy, featureStd: std)
+        return optimize(loss, instanceAccuracy: accuracy, featureStd: std, optimizer: optimizer)
     }
 
     public func trainStep(_ x1: Tensor, _ x2: Tensor, optimizer: any Optimizer, progress: Double, rng: inout SeededGenerator,
