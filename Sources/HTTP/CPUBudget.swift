@@ -144,3 +144,85 @@ public final class CPUBudget: @unchecked Sendable {
     }
 
 }
+
+/// The CPU budget as one connection meets it: the thread CPU time of each event handler is
+/// charged (and charged again before each request, so that one read carrying many pipelined
+/// requests is paced like separate ones), each request is given its turn, and a file body goes
+/// a chunk at a time while the budget is not in debt. With no budget, or one not limiting,
+/// everything goes at once.
+struct Pacer {
+    let budget: CPUBudget?
+    /// Thread CPU time when the running event handler started or was last charged (nil: not metering).
+    private var meterStart: Double?
+    private var body = BodyPacing.free
+
+    enum BodyPacing { case free, held, granted }
+
+    /// A request told to wait: when its turn comes (uptime nanoseconds), the wait in seconds,
+    /// and the cost it reserved meanwhile, to release when the turn comes.
+    struct Turn: Equatable {
+        let until: UInt64
+        let seconds: Double
+        let reserved: Double
+    }
+
+    /// What to do with the next chunk of a file body.
+    enum Chunk: Equatable {
+        case send
+        /// Hold the body back this many seconds, then call `bodyHoldEnded` and go on.
+        case hold(Double)
+        /// A hold is already under way.
+        case holding
+    }
+
+    init(budget: CPUBudget?) { self.budget = budget }
+
+    mutating func beginEvent() {
+        guard let budget, budget.isLimited else { return }
+        meterStart = CPUBudget.threadCPUTime()
+    }
+
+    mutating func endEvent() {
+        chargeSoFar()
+        meterStart = nil
+    }
+
+    private mutating func chargeSoFar() {
+        guard let start = meterStart, let budget else { return }
+        let now = CPUBudget.threadCPUTime()
+        budget.charge(now - start)
+        meterStart = now
+    }
+
+    /// Nil when the next request may start now; otherwise its turn.
+    mutating func turn(now: UInt64) -> Turn? {
+        chargeSoFar()
+        guard let budget else { return nil }
+        let (wait, reserved) = budget.admit()
+        guard wait > 0 else { return nil }
+        let until = Self.turnEnds(now: now, wait: wait)
+        return Turn(until: until, seconds: Double(until - now) * 1e-9, reserved: reserved)
+    }
+
+    /// Waits end on a 50 ms grid, so that the connections let through in one stretch are served
+    /// together (fewer wake-ups, and fewer interruptions of training), and are capped at 2 s so
+    /// that a long line cannot stall a connection: past the cap it goes.
+    static func turnEnds(now: UInt64, wait: Double) -> UInt64 {
+        let grid: UInt64 = 50_000_000
+        return (now + UInt64(min(max(wait, 0), 2) * 1e9) + grid - 1) / grid * grid
+    }
+
+    /// After a hold one chunk always goes: the hold's own cost must not buy another hold.
+    mutating func bodyChunk() -> Chunk {
+        switch body {
+        case .held: return .holding
+        case .granted: body = .free; return .send
+        case .free:
+            guard let budget, case let wait = budget.debt(), wait > 0 else { return .send }
+            body = .held
+            return .hold(min(wait, 2))
+        }
+    }
+
+    mutating func bodyHoldEnded() { body = .granted }
+}
