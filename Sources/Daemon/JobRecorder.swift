@@ -122,17 +122,32 @@ final class JobRecorder {
     func appendLog(_ line: String) { JobLog.append(line, to: directory) }
 }
 
-/// A job's human-readable log (`jobs/<id>/job.log`).
+/// A job's human-readable log (`jobs/<id>/job.log`): its state changes with their reasons, and
+/// its worker's messages.
 enum JobLog {
+    /// One `write` with `O_APPEND`: lines from several threads (a request, the job's thread) never interleave.
     static func append(_ line: String, to directory: URL) {
-        let url = directory.appendingPathComponent("job.log")
-        let text = ISO8601DateFormatter().string(from: Date()) + " " + line + "\n"
-        if let h = try? FileHandle(forWritingTo: url) {
-            h.seekToEndOfFile()
-            h.write(Data(text.utf8))
-            try? h.close()
-        } else {
-            try? Data(text.utf8).write(to: url)
+        try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let text = Array((ISO8601DateFormatter().string(from: Date()) + " " + line + "\n").utf8)
+        let fd = open(directory.appendingPathComponent("job.log").path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return }
+        _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+}
+
+extension JobLog {
+    /// The last `count` lines of a log's text (all of it when it has fewer).
+    static func tail(_ text: String, lines count: Int) -> Substring {
+        guard count > 0 else { return "" }
+        var end = text.endIndex
+        if text.hasSuffix("\n") { end = text.index(before: end) }
+        var i = end, seen = 0
+        while i > text.startIndex {
+            let prev = text.index(before: i)
+            if text[prev] == "\n" { seen += 1; if seen == count { return text[i...] } }
+            i = prev
         }
+        return text[...]
     }
 }

@@ -176,6 +176,7 @@ public final class Scheduler: @unchecked Sendable {
         j.state = next
         if next.isTerminal { j.finishedAt = j.finishedAt ?? p.since }
         if next == .failed { j.failureReason = p.reason }
+        j.reason = p.reason
         return j
     }
 
@@ -197,7 +198,7 @@ public final class Scheduler: @unchecked Sendable {
                                bodyHash: idempotencyKey == nil ? nil : SHA256.hex(body))
         let (job, created) = try store.create(record)
         if created {
-            publish(job.id, .state(.queued, reason: "submitted"))
+            publishState(job, reason: "submitted")
             feed(.submitted(Self.queued(job)))
         }
         return (job, created)
@@ -443,6 +444,6 @@ public final class Scheduler: @unchecked Sendable {
 
     func publishState(_ j: JobRecord, reason: String) {
         publish(j.id, .state(j.state, reason: reason))
-        if j.state == .running { JobLog.append("state: running (\(reason))", to: settings.jobDirectory(j.id)) }
+        JobLog.append("state: \(j.state.rawValue) (\(reason))", to: settings.jobDirectory(j.id))
     }
 }

@@ -14,6 +14,9 @@ public struct JobRecord: Codable, Sendable, Equatable, FetchableRecord, Persista
     public var startedAt: Date?
     public var finishedAt: Date?
     public var failureReason: String?
+    /// Why the job is in its state: the reason of its latest transition ("submitted", "finished
+    /// 10 epochs", "cancelled by request", a failure's cause). Every terminal job has one.
+    public var reason: String?
     public var idempotencyKey: String?
     public var bodyHash: String?
     public var epoch: Int
@@ -196,6 +199,13 @@ public final class JobStore: Sendable {
             // Counted across daemon restarts, so `max_restarts` bounds a job's whole life.
             try db.alter(table: "jobs") { t in t.add(column: "restarts", .integer).notNull().defaults(to: 0) }
         }
+        m.registerMigration("v4-reason") { db in
+            // The latest transition's reason on the job itself; jobs stored before it get theirs from the transitions.
+            try db.alter(table: "jobs") { t in t.add(column: "reason", .text) }
+            try db.execute(sql: """
+                UPDATE jobs SET reason = (SELECT reason FROM transitions WHERE transitions.jobId = jobs.id ORDER BY rowid DESC LIMIT 1)
+                """)
+        }
         return m
     }
 
@@ -219,6 +229,7 @@ public final class JobStore: Sendable {
             }
             var j = job
             j.seq = (try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs")) ?? 1
+            j.reason = "submitted"
             try j.insert(db)
             try TransitionRecord(jobId: j.id, from: nil, to: j.state, at: j.createdAt, reason: "submitted").insert(db)
             return (j, true)
@@ -249,6 +260,7 @@ public final class JobStore: Sendable {
             if next == .running { j.startedAt = j.startedAt ?? at }
             if next.isTerminal { j.finishedAt = at }
             if next == .failed { j.failureReason = reason }
+            j.reason = reason
             update(&j)
             try j.update(db)
             try TransitionRecord(jobId: id, from: from, to: next, at: at, reason: reason).insert(db)

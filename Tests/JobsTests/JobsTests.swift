@@ -40,7 +40,7 @@ import Testing
         let tables = try s.pool.read { try String.fetchAll($0, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") }
         #expect(Set(tables).isSuperset(of: ["jobs", "transitions", "metric_points", "checkpoints", "health", "grdb_migrations"]))
         let applied = try s.pool.read { try JobStore.migrator.appliedMigrations($0) }
-        #expect(applied == ["v1-jobs", "v2-health", "v3-restarts"])
+        #expect(applied == ["v1-jobs", "v2-health", "v3-restarts", "v4-reason"])
         // The health probe is a real write: it moves the generation and leaves no failure behind.
         let before = s.generation
         try s.probeWrite()
@@ -67,7 +67,35 @@ import Testing
         let t = try s.transitions("j1")
         #expect(t.map(\.to) == [.queued, .running, .paused, .queued, .running, .succeeded])
         #expect(t.map(\.reason) == ["submitted", "scheduled", "user", "user", "scheduled", "last epoch"])
+        #expect(try done.reason == "last epoch" && s.job("j1")?.reason == "last epoch")
+        #expect(done.failureReason == nil)
         #expect(throws: JobError.self) { try s.apply(.start, to: "missing", reason: "x") }
+        #expect(try s.create(JobRecord(id: "j2", name: "two", spec: "{}")).job.reason == "submitted")
+        let failed = try s.apply(.fail, to: "j2", reason: "bad data")
+        #expect(failed.reason == "bad data" && failed.failureReason == "bad data")
+    }
+
+    /// A store written before jobs carried their reason gets each job's latest transition's reason.
+    @Test func reasonsAreBackfilledFromTransitions() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("store-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("mocod.sqlite").path
+        let old = try DatabaseQueue(path: path)
+        try JobStore.migrator.migrate(old, upTo: "v3-restarts")
+        try old.write { db in
+            for (id, state) in [("a", "cancelled"), ("b", "queued")] {
+                try db.execute(sql: "INSERT INTO jobs (id, seq, name, spec, state, createdAt) VALUES (?, ?, ?, '{}', ?, ?)",
+                               arguments: [id, id == "a" ? 1 : 2, id, state, Date()])
+            }
+            for (id, to, reason) in [("a", "queued", "submitted"), ("a", "cancelled", "cancelled by request"), ("b", "queued", "submitted")] {
+                try db.execute(sql: "INSERT INTO transitions (jobId, \"to\", at, reason) VALUES (?, ?, ?, ?)", arguments: [id, to, Date(), reason])
+            }
+        }
+        try old.close()
+        let s = try JobStore(path: path)
+        #expect(try s.job("a")?.reason == "cancelled by request")
+        #expect(try s.job("b")?.reason == "submitted")
     }
 
     @Test func idempotencyKeys() throws {
