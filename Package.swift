@@ -48,8 +48,10 @@ let package = Package(
         // Worker: one job's process (the trainer's shell) and its protocol to the daemon.
         .target(name: "CProcess"),
         .target(name: "Worker", dependencies: ["MoCo", "Data", "Kernels", "NN", "Collectives", "CProcess"]),
+        // The dashboard's page, script and style are compiled into the binary (`PackageResources`).
         .target(name: "Daemon", dependencies: ["HTTP", "Jobs", "MoCo", "Autograd", "Worker", "CProcess", "Data", "NN", "Kernels",
-                                               .product(name: "Logging", package: "swift-log")]),
+                                               .product(name: "Logging", package: "swift-log")],
+                resources: [.embedInCode("Dashboard/index.html"), .embedInCode("Dashboard/app.js"), .embedInCode("Dashboard/app.css")]),
         .executableTarget(name: "mocod", dependencies: ["Daemon", "Worker", "HTTP", "Jobs", "Kernels",
                                                         .product(name: "Logging", package: "swift-log"),
                                                         .product(name: "ArgumentParser", package: "swift-argument-parser")]),

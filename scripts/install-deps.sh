@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mocod builds and tests against (needs root or sudo).
-# OpenBLAS's OpenMP build shares libgomp's thread pool with oneDNN.
+# OpenBLAS's OpenMP build shares libgomp's thread pool with oneDNN. Chromium, its driver and
+# Selenium run the dashboard's browser test (scripts/e2e_browser.py).
 set -euo pipefail
-packages=(libopenblas-openmp-dev libdnnl-dev zlib1g-dev libpng-dev libturbojpeg0-dev libssl-dev libsqlite3-dev libopenmpi-dev openmpi-bin pkg-config dataset-fashion-mnist curl python3)
+packages=(libopenblas-openmp-dev libdnnl-dev zlib1g-dev libpng-dev libturbojpeg0-dev libssl-dev libsqlite3-dev libopenmpi-dev openmpi-bin pkg-config dataset-fashion-mnist curl python3
+  chromium chromium-driver python3-selenium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

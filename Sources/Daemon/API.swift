@@ -50,7 +50,7 @@ public final class API: Sendable {
             let start = Date()
             let matched = router.match(method: request.method, path: request.path)
             var response: HTTPResponse
-            if request.path != "/healthz", let failure = authenticate(request) {
+            if request.path != "/healthz" && !Dashboard.isPublic(request.path), let failure = authenticate(request) {
                 response = failure
             } else {
                 response = router.handle(request, matched)
@@ -86,6 +86,15 @@ public final class API: Sendable {
     public func routes() -> Router {
         var r = Router()
         r.add("GET", "/healthz") { [self] _ in health() }
+        for (path, asset) in Dashboard.paths(authRequired: token != nil) { r.add("GET", path) { Dashboard.respond(asset, $0) } }
+        r.add("GET", "/v1/presets/{method}") { req in
+            let name = req.pathParameters["method"] ?? ""
+            guard let method = JobSpec.Method(rawValue: name) else {
+                return .error(.notFound, code: "not_found", message: "no method \(name); the methods are \(JobSpec.Method.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let json = (try? JSONSerialization.data(withJSONObject: JobSpec.preset(method), options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+            return HTTPResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/json")]), body: .bytes(Array(json) + [0x0a]))
+        }
         r.add("GET", "/openapi.yaml") { [self] _ in HTTPResponse(contentType: "application/yaml", text: openAPI) }
         r.add("GET", "/v1/info") { [self] _ in info() }
         r.add("GET", "/v1/datasets") { [self] _ in datasets() }
@@ -111,9 +120,14 @@ public final class API: Sendable {
         r.add("GET", "/v1/jobs/{id}/checkpoints/{name}") { [self] req in withJob(req) { try download($0, req) } }
         r.add("GET", "/v1/jobs/{id}/logs") { [self] req in
             withJob(req) { j in
+                var lines: Int?
+                if let t = req.query["tail"] {
+                    guard let n = Int(t), (1...100_000).contains(n) else { throw JobError(.invalid, "tail must be an integer between 1 and 100000") }
+                    lines = n
+                }
                 let url = scheduler.settings.jobDirectory(j.id).appendingPathComponent("job.log")
                 let text = (try? String(contentsOf: url, encoding: .utf8)) ?? ""
-                return HTTPResponse(contentType: "text/plain; charset=utf-8", text: text)
+                return HTTPResponse(contentType: "text/plain; charset=utf-8", text: lines.map { String(JobLog.tail(text, lines: $0)) } ?? text)
             }
         }
         return r
@@ -230,6 +244,8 @@ public final class API: Sendable {
         var id: String, name: String, state: JobState, priority: Int
         var created_at: Date, started_at: Date?, finished_at: Date?
         var failure_reason: String?
+        /// Why the job is in its state (its latest transition's reason); every terminal job has one.
+        var reason: String?
         var progress: Progress
         var last_loss: Double?, best_knn_top1: Double?
         /// Worker restarts after abnormal exits, over the job's life.
@@ -290,7 +306,7 @@ public final class API: Sendable {
         let base = "/v1/jobs/\(j.id)"
         let spec = spec(j)
         return JobView(id: j.id, name: j.name, state: j.state, priority: j.priority, created_at: j.createdAt, started_at: j.startedAt,
-                       finished_at: j.finishedAt, failure_reason: j.failureReason,
+                       finished_at: j.finishedAt, failure_reason: j.failureReason, reason: j.reason,
                        progress: .init(epoch: j.epoch, step: j.step, total_steps: j.totalSteps, images_per_second: j.imagesPerSecond, eta_seconds: j.etaSeconds),
                        last_loss: j.lastLoss, best_knn_top1: j.bestKnn, restarts: j.restarts, precision: spec?.precision, spec: spec,
                        links: ["self": base, "metrics": base + "/metrics", "events": base + "/events", "checkpoints": base + "/checkpoints",

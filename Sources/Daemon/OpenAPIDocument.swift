@@ -9,7 +9,8 @@ info:
     MoCo v2 self-supervised training daemon. Submit training jobs, follow their progress and
     metrics, and download checkpoints. Errors use one shape:
     `{"error": {"code": "...", "message": "...", "details": [{"field": "...", "problem": "..."}]}}`.
-    Every route but /healthz requires `Authorization: Bearer <token>` when the daemon runs with a token.
+    Every route but /healthz and the dashboard's page, script and style requires `Authorization: Bearer <token>`
+    when the daemon runs with a token. `GET /` serves the web dashboard.
 servers:
   - url: http://127.0.0.1:8080
 security:
@@ -167,7 +168,8 @@ components:
         created_at: {type: string, format: date-time}
         started_at: {type: [string, 'null'], format: date-time}
         finished_at: {type: [string, 'null'], format: date-time}
-        failure_reason: {type: [string, 'null']}
+        failure_reason: {type: [string, 'null'], description: Why the job failed (failed jobs only).}
+        reason: {type: [string, 'null'], description: 'Why the job is in its state: the reason of its latest transition (submitted, scheduled, finished, cancelled by request, a failure''s cause). Every terminal job has one.'}
         progress:
           type: object
           properties:
@@ -195,6 +197,44 @@ components:
         knn_top1: {type: [number, 'null']}
         url: {type: string}
 paths:
+  /:
+    get:
+      summary: The web dashboard.
+      description: >-
+        A page with the job list, each job's live curves, checkpoints, log and controls, and a submit form. HTML, CSS and
+        JavaScript embedded in the binary, sent with a strict Content-Security-Policy (everything from this daemon, no
+        inline script or style). It holds no data: it asks the API, with the token the user types in when the daemon
+        has one (kept in the tab's session storage, never in a URL).
+      security: []
+      responses:
+        '200': {description: The page., content: {text/html: {schema: {type: string}}}}
+        '304': {description: Not modified (If-None-Match matched the ETag).}
+  /ui/app.js:
+    get:
+      summary: The dashboard's script.
+      security: []
+      responses:
+        '200': {description: JavaScript., content: {text/javascript: {schema: {type: string}}}}
+        '304': {description: Not modified (If-None-Match matched the ETag).}
+  /ui/app.css:
+    get:
+      summary: The dashboard's style sheet.
+      security: []
+      responses:
+        '200': {description: CSS., content: {text/css: {schema: {type: string}}}}
+        '304': {description: Not modified (If-None-Match matched the ETag).}
+  /v1/presets/{method}:
+    parameters:
+      - {name: method, in: path, required: true, schema: {type: string, enum: [moco_v2, moco_v1, simclr, moco_v3]}}
+    get:
+      summary: A method's preset spec.
+      description: >-
+        Every field of a job spec with the value a submission that omits it gets (nulls included; `data.path` is null
+        and must be given). The dashboard's submit form starts from it.
+      responses:
+        '200': {description: The preset., content: {application/json: {schema: {type: object}}}}
+        '401': {$ref: '#/components/responses/Error'}
+        '404': {$ref: '#/components/responses/Error'}
   /healthz:
     get:
       summary: Liveness, and whether the daemon is degraded.
@@ -477,6 +517,9 @@ paths:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     get:
       summary: The job's log.
+      description: Its state changes with their reasons (from submission on, so a job cancelled before it ran has one), and its worker's messages, one timestamped line each.
+      parameters:
+        - {name: tail, in: query, required: false, description: Only the last N lines., schema: {type: integer, minimum: 1, maximum: 100000}}
       responses:
         '200': {description: Text., content: {text/plain: {schema: {type: string}}}}
         '401': {$ref: '#/components/responses/Error'}
