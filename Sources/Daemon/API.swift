@@ -118,6 +118,26 @@ public final class API: Sendable {
         r.add("GET", "/v1/jobs/{id}/loss.svg") { [self] req in withJob(req) { try lossSVG($0) } }
         r.add("GET", "/v1/jobs/{id}/checkpoints") { [self] req in withJob(req) { try checkpoints($0) } }
         r.add("GET", "/v1/jobs/{id}/checkpoints/{name}") { [self] req in withJob(req) { try download($0, req) } }
+        r.add("POST", "/v1/jobs/{id}/evaluations") { [self] req in submitEvaluation(req, embedding: false) }
+        r.add("GET", "/v1/jobs/{id}/evaluations") { [self] req in
+            withJob(req) { j in
+                let children = try store.jobs(parent: j.id, limit: 500).map(scheduler.current)
+                return .json(JobList(jobs: children.map(view), next_cursor: nil))
+            }
+        }
+        r.add("POST", "/v1/jobs/{id}/embeddings") { [self] req in submitEvaluation(req, embedding: true) }
+        r.add("GET", "/v1/jobs/{id}/artifacts/{name}") { [self] req in
+            withJob(req) { j in
+                let name = req.pathParameters["name"] ?? ""
+                let result = j.result.flatMap { try? JSONDecoder().decode(EvaluationResult.self, from: Data($0.utf8)) }
+                guard let artifact = result?.artifact, artifact == name else {
+                    throw JobError(.notFound, "job \(j.id) has no artifact \(name)" + (j.kind == .embedding && j.state != .succeeded ? " yet (it is \(j.state.rawValue))" : ""))
+                }
+                let path = scheduler.settings.jobDirectory(j.id).appendingPathComponent(artifact)
+                return FileResponder.respond(path: path.path, request: req.head, etag: result?.sha256,
+                                             extraHeaders: HTTPHeaders([("Content-Disposition", "attachment; filename=\"\(j.id)-\(artifact)\"")]))
+            }
+        }
         r.add("GET", "/v1/jobs/{id}/logs") { [self] req in
             withJob(req) { j in
                 var lines: Int?
@@ -209,7 +229,8 @@ public final class API: Sendable {
             if req.query["dry_run"] == "true" {
                 let spec = try scheduler.validate(body).get()
                 return .json(DryRun(spec: spec, checks: .init(valid: true, queue_multiple_of_batch: spec.moco.map { $0.queue % spec.optim.batch_size == 0 }),
-                                    estimate: .init(memory_bytes: Scheduler.estimatedMemoryBytes(spec), learning_rate: Double(spec.effectiveLearningRate))))
+                                    estimate: .init(memory_bytes: Scheduler.estimatedMemoryBytes(spec), memory: spec.memoryEstimate,
+                                                    learning_rate: Double(spec.effectiveLearningRate))))
             }
             let key = req.headers["Idempotency-Key"]
             if let key, key.isEmpty || key.count > 200 { throw JobError(.invalid, "Idempotency-Key must be 1 to 200 characters") }
@@ -217,6 +238,17 @@ public final class API: Sendable {
             guard (-1000...1000).contains(priority) else { throw JobError(.invalid, "priority must be an integer between -1000 and 1000") }
             let (job, created) = try scheduler.submit(body, idempotencyKey: key, priority: priority)
             return jobResponse(job, status: created ? .created : .ok, headers: HTTPHeaders([("Location", "/v1/jobs/\(job.id)")]))
+        }
+    }
+
+    /// `POST /v1/jobs/{id}/evaluations` and `.../embeddings`: 202 with the new job (it is queued).
+    func submitEvaluation(_ req: HTTPRequest, embedding: Bool) -> HTTPResponse {
+        mapError {
+            if let ct = req.headers["Content-Type"], !ct.lowercased().hasPrefix("application/json") {
+                return .error(.unsupportedMediaType, code: "unsupported_media_type", message: "send the request as application/json")
+            }
+            let job = try scheduler.submitEvaluation(of: try jobID(req), Data(req.body), embedding: embedding)
+            return jobResponse(job, status: .accepted, headers: HTTPHeaders([("Location", "/v1/jobs/\(job.id)")]))
         }
     }
 
@@ -228,11 +260,16 @@ public final class API: Sendable {
                 guard let parsed = JobState(rawValue: s) else { throw JobError(.invalid, "state must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))") }
                 state = parsed
             }
+            var kind: JobKind?
+            if let k = q["kind"] {
+                guard let parsed = JobKind(rawValue: k) else { throw JobError(.invalid, "kind must be one of \(JobKind.allCases.map(\.rawValue).joined(separator: ", "))") }
+                kind = parsed
+            }
             let limit = Int(q["limit"] ?? "50") ?? -1
             guard limit >= 1 && limit <= 500 else { throw JobError(.invalid, "limit must be between 1 and 500") }
             var cursor: Int64?
             if let c = q["cursor"], !c.isEmpty { guard let v = Int64(c) else { throw JobError(.invalid, "invalid cursor") }; cursor = v }
-            let jobs = try store.jobs(state: state, limit: limit, before: cursor).map(scheduler.current)
+            let jobs = try store.jobs(state: state, kind: kind, limit: limit, before: cursor).map(scheduler.current)
             let next = jobs.count == limit ? jobs.last?.seq.map(String.init) : nil
             return .json(JobList(jobs: jobs.map(view), next_cursor: next))
         }
@@ -242,6 +279,11 @@ public final class API: Sendable {
     struct JobView: Encodable {
         struct Progress: Encodable { var epoch: Int; var step: Int; var total_steps: Int; var images_per_second: Double?; var eta_seconds: Double? }
         var id: String, name: String, state: JobState, priority: Int
+        /// `train`, `evaluation` or `embedding`; the latter two name their training job.
+        var kind: JobKind
+        var parent_id: String?
+        /// What an evaluation or embedding found (null until it has).
+        var result: EvaluationResult?
         var created_at: Date, started_at: Date?, finished_at: Date?
         var failure_reason: String?
         /// Why the job is in its state (its latest transition's reason); every terminal job has one.
@@ -253,6 +295,8 @@ public final class API: Sendable {
         /// The precision the job computes in (the spec's `precision`).
         var precision: Precision?
         var spec: JobSpec?
+        /// An evaluation's or embedding's request, as stored (checkpoint resolved, defaults filled in).
+        var evaluation: EvaluationSpec?
         var links: [String: String]
     }
 
@@ -271,7 +315,7 @@ public final class API: Sendable {
     struct DryRun: Encodable {
         /// `queue_multiple_of_batch`: for the methods with a queue only.
         struct Checks: Encodable { var valid: Bool; var queue_multiple_of_batch: Bool? }
-        struct Estimate: Encodable { var memory_bytes: Int; var learning_rate: Double }
+        struct Estimate: Encodable { var memory_bytes: Int; var memory: MemoryEstimate; var learning_rate: Double }
         var spec: JobSpec, checks: Checks, estimate: Estimate
     }
 
@@ -304,13 +348,24 @@ public final class API: Sendable {
 
     func view(_ j: JobRecord) -> JobView {
         let base = "/v1/jobs/\(j.id)"
-        let spec = spec(j)
-        return JobView(id: j.id, name: j.name, state: j.state, priority: j.priority, created_at: j.createdAt, started_at: j.startedAt,
+        let spec = j.kind == .train ? spec(j) : nil
+        let evaluation = j.kind == .train ? nil : try? JSONDecoder().decode(EvaluationSpec.self, from: Data(j.spec.utf8))
+        let result = j.result.flatMap { try? JSONDecoder().decode(EvaluationResult.self, from: Data($0.utf8)) }
+        var links = ["self": base, "metrics": base + "/metrics", "events": base + "/events", "logs": base + "/logs"]
+        if j.kind == .train {
+            links["checkpoints"] = base + "/checkpoints"
+            links["loss_svg"] = base + "/loss.svg"
+            links["evaluations"] = base + "/evaluations"
+        } else if let parent = j.parentId {
+            links["parent"] = "/v1/jobs/\(parent)"
+        }
+        if let artifact = result?.artifact { links["artifact"] = base + "/artifacts/" + artifact }
+        return JobView(id: j.id, name: j.name, state: j.state, priority: j.priority, kind: j.kind, parent_id: j.parentId, result: result,
+                       created_at: j.createdAt, started_at: j.startedAt,
                        finished_at: j.finishedAt, failure_reason: j.failureReason, reason: j.reason,
                        progress: .init(epoch: j.epoch, step: j.step, total_steps: j.totalSteps, images_per_second: j.imagesPerSecond, eta_seconds: j.etaSeconds),
-                       last_loss: j.lastLoss, best_knn_top1: j.bestKnn, restarts: j.restarts, precision: spec?.precision, spec: spec,
-                       links: ["self": base, "metrics": base + "/metrics", "events": base + "/events", "checkpoints": base + "/checkpoints",
-                               "loss_svg": base + "/loss.svg", "logs": base + "/logs"])
+                       last_loss: j.lastLoss, best_knn_top1: j.bestKnn, restarts: j.restarts, precision: spec?.precision ?? evaluation?.precision,
+                       spec: spec, evaluation: evaluation, links: links)
     }
 
     // MARK: - Metrics, events, SVG

@@ -19,6 +19,8 @@ final class JobRecorder {
     private let countStep: () -> Void
     private var pending: [MetricPoint] = []
     private var lastFlush = Date()
+    /// An evaluation's or embedding's finding in words (its end's reason), once it is in.
+    private(set) var resultSummary: String?
 
     init(id: String, store: JobStore, directory: URL, log: Logger, events: LiveEvents,
          fault: @escaping (Error, String) -> Void, countStep: @escaping () -> Void) {
@@ -61,7 +63,12 @@ final class JobRecorder {
             let m = event.message ?? ""
             log.info("\(m)")
             appendLog(m)
-        case .finished, .stopped, .failed:
+        case .finished:
+            // An evaluation's or embedding's finding lands in its record before its end does.
+            guard let r = event.result else { return }
+            resultSummary = r.summary
+            do { try store.updateProgress(id) { $0.result = DaemonJSON.string(r) } } catch { fault(error, "record the result") }
+        case .stopped, .failed:
             break
         }
     }

@@ -159,12 +159,14 @@ components:
             timeout_s: {type: integer, minimum: 5, maximum: 86400, description: 'The longest a rank waits in one collective for the others before it gives up and the job restarts (default 300). It must cover rank 0''s evaluations and checkpoints, which the other ranks wait through.'}
     Job:
       type: object
-      required: [id, name, state, priority, created_at, progress, restarts, links, spec]
+      required: [id, name, state, priority, kind, created_at, progress, restarts, links]
       properties:
         id: {type: string}
         name: {type: string}
         state: {type: string, enum: [queued, running, paused, succeeded, failed, cancelled]}
         priority: {type: integer}
+        kind: {type: string, enum: [train, evaluation, embedding], description: 'Training (with `spec`), or an evaluation or embedding of a training job''s checkpoint (with `evaluation`, `parent_id` and, once done, `result`). Every kind has the same states, queue, events and log.'}
+        parent_id: {type: string, description: The training job of an evaluation or embedding.}
         created_at: {type: string, format: date-time}
         started_at: {type: [string, 'null'], format: date-time}
         finished_at: {type: [string, 'null'], format: date-time}
@@ -184,6 +186,74 @@ components:
         precision: {type: [string, 'null'], enum: [fp32, bf16, null], description: The precision the job computes in (its spec's precision).}
         links: {type: object, additionalProperties: {type: string}}
         spec: {$ref: '#/components/schemas/JobSpec'}
+        evaluation: {$ref: '#/components/schemas/EvaluationSpec'}
+        result: {$ref: '#/components/schemas/EvaluationResult'}
+    DataSource:
+      type: object
+      required: [format, path]
+      properties:
+        format: {type: string, enum: [idx, cifar10, cifar100, npy, folder, tar]}
+        path: {type: string, description: Under a data root.}
+        split: {type: string}
+        limit: {type: [integer, 'null'], minimum: 1}
+        cache_mb: {type: integer, minimum: 0}
+        max_error_rate: {type: number, minimum: 0, maximum: 1}
+    EvaluationRequest:
+      type: object
+      additionalProperties: false
+      required: [kind, data]
+      properties:
+        kind: {type: string, enum: [knn, linear], description: 'knn: weighted kNN top-1 of `data` against a feature bank of `train_data`. linear: a linear classifier trained on frozen `train_data` features, top-1 and top-5 on `data`.'}
+        checkpoint: {type: string, description: 'One of the training job''s checkpoints (default `latest`, resolved when submitted).'}
+        data: {$ref: '#/components/schemas/DataSource'}
+        train_data: {$ref: '#/components/schemas/DataSource'}
+        k: {type: integer, minimum: 1, maximum: 10000, description: 'kNN neighbours (default: the training job''s eval.knn_k, else 200).'}
+        t: {type: number, exclusiveMinimum: 0, maximum: 100, description: 'kNN temperature (default: the training job''s eval.knn_t, else 0.1).'}
+        epochs: {type: integer, minimum: 1, maximum: 1000, description: Linear evaluation epochs (default 30).}
+        precision: {type: string, enum: [fp32, bf16]}
+        threads: {type: integer, minimum: 1, description: 'Compute threads (default: the training job''s, within the daemon''s).'}
+    EmbeddingRequest:
+      type: object
+      additionalProperties: false
+      required: [data]
+      properties:
+        checkpoint: {type: string, description: 'One of the training job''s checkpoints (default `latest`).'}
+        data: {$ref: '#/components/schemas/DataSource'}
+        precision: {type: string, enum: [fp32, bf16]}
+        threads: {type: integer, minimum: 1}
+    EvaluationSpec:
+      type: object
+      description: An evaluation's or embedding's request as stored (the checkpoint resolved, the defaults filled in).
+      properties:
+        kind: {type: string, enum: [knn, linear, embedding]}
+        checkpoint: {type: string}
+        data: {$ref: '#/components/schemas/DataSource'}
+        train_data: {$ref: '#/components/schemas/DataSource'}
+        k: {type: integer}
+        t: {type: number}
+        epochs: {type: integer}
+        precision: {type: string, enum: [fp32, bf16]}
+        threads: {type: integer}
+    EvaluationResult:
+      type: object
+      description: What an evaluation or embedding found.
+      required: [kind, checkpoint, images, precision, seconds]
+      properties:
+        kind: {type: string, enum: [knn, linear, embedding]}
+        checkpoint: {type: string}
+        images: {type: integer, description: Images evaluated or embedded.}
+        train_images: {type: integer, description: Images in the kNN bank or the classifier's training split.}
+        top1: {type: number, description: Top-1 in percent (knn and linear).}
+        top5: {type: number, description: Top-5 in percent (linear).}
+        k: {type: integer}
+        t: {type: number}
+        epochs: {type: integer}
+        artifact: {type: string, description: 'Embedding: the NPY file, at links.artifact (N x C float32, rows in dataset order).'}
+        shape: {type: array, items: {type: integer}}
+        bytes: {type: integer}
+        sha256: {type: string}
+        precision: {type: string, enum: [fp32, bf16]}
+        seconds: {type: number}
     Checkpoint:
       type: object
       required: [name, epoch, step, bytes, sha256, created_at, url]
@@ -358,7 +428,7 @@ paths:
           application/json:
             schema: {$ref: '#/components/schemas/JobSpec'}
       responses:
-        '200': {description: The dry run's resolved spec and estimates, or the existing job for a repeated Idempotency-Key., content: {application/json: {schema: {type: object}}}}
+        '200': {description: 'The dry run''s resolved spec, checks and estimates (`estimate.memory_bytes`: the expected peak memory, with its terms in `estimate.memory`: runtime, data, model, activations, evaluation; calibrated against measured peak RSS), or the existing job for a repeated Idempotency-Key.', content: {application/json: {schema: {type: object}}}}
         '201':
           description: Created.
           headers: {Location: {schema: {type: string}}}
@@ -375,6 +445,7 @@ paths:
       summary: List jobs, newest first.
       parameters:
         - {name: state, in: query, schema: {type: string, enum: [queued, running, paused, succeeded, failed, cancelled]}}
+        - {name: kind, in: query, schema: {type: string, enum: [train, evaluation, embedding]}}
         - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500}}
         - {name: cursor, in: query, schema: {type: string}, description: next_cursor of the previous page; empty means the first page.}
       responses:
@@ -512,6 +583,75 @@ paths:
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
         '400': {$ref: '#/components/responses/Error'}
+        '416': {$ref: '#/components/responses/Error'}
+  /v1/jobs/{id}/evaluations:
+    parameters: [{$ref: '#/components/parameters/JobId'}]
+    post:
+      summary: Evaluate one of a training job's checkpoints (kNN or linear).
+      description: >-
+        Creates a job of kind `evaluation` under the training job. It waits in the same queue as training jobs, takes a
+        slot and threads, has the same states, events (progress as step points: images encoded of all it encodes),
+        log and cancel (it cannot be paused), and its finding lands in its record's `result` (its `reason` says it in
+        words). Both splits must be labeled. Invalid requests get 422 with every problem by field.
+      requestBody:
+        required: true
+        content: {application/json: {schema: {$ref: '#/components/schemas/EvaluationRequest'}}}
+      responses:
+        '202': {description: Queued., headers: {Location: {schema: {type: string}}}, content: {application/json: {schema: {$ref: '#/components/schemas/Job'}}}}
+        '400': {$ref: '#/components/responses/Error'}
+        '401': {$ref: '#/components/responses/Error'}
+        '404': {$ref: '#/components/responses/Error'}
+        '415': {$ref: '#/components/responses/Error'}
+        '422': {$ref: '#/components/responses/Error'}
+        '503': {$ref: '#/components/responses/Error'}
+        '507': {$ref: '#/components/responses/Error'}
+    get:
+      summary: The training job's evaluations and embeddings, newest first.
+      responses:
+        '200':
+          description: Its evaluation and embedding jobs.
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [jobs, next_cursor]
+                properties:
+                  jobs: {type: array, items: {$ref: '#/components/schemas/Job'}}
+                  next_cursor: {type: 'null'}
+        '401': {$ref: '#/components/responses/Error'}
+        '404': {$ref: '#/components/responses/Error'}
+  /v1/jobs/{id}/embeddings:
+    parameters: [{$ref: '#/components/parameters/JobId'}]
+    post:
+      summary: Embed images with one of a training job's checkpoints.
+      description: >-
+        Creates a job of kind `embedding`: the backbone features (after pooling, before the head) of every image of
+        `data`, in dataset order, as an N x C float32 NPY file, downloadable from its `links.artifact` (with Range).
+        Queued, followed and cancelled as any job.
+      requestBody:
+        required: true
+        content: {application/json: {schema: {$ref: '#/components/schemas/EmbeddingRequest'}}}
+      responses:
+        '202': {description: Queued., headers: {Location: {schema: {type: string}}}, content: {application/json: {schema: {$ref: '#/components/schemas/Job'}}}}
+        '400': {$ref: '#/components/responses/Error'}
+        '401': {$ref: '#/components/responses/Error'}
+        '404': {$ref: '#/components/responses/Error'}
+        '415': {$ref: '#/components/responses/Error'}
+        '422': {$ref: '#/components/responses/Error'}
+        '503': {$ref: '#/components/responses/Error'}
+        '507': {$ref: '#/components/responses/Error'}
+  /v1/jobs/{id}/artifacts/{name}:
+    parameters:
+      - {$ref: '#/components/parameters/JobId'}
+      - {name: name, in: path, required: true, schema: {type: string}, description: 'The artifact''s name (an embedding''s `embeddings.npy`).'}
+    get:
+      summary: Download a job's artifact (ETag is its SHA-256; Range and If-Range resume downloads).
+      responses:
+        '200': {description: The file., content: {application/octet-stream: {schema: {type: string, format: binary}}}}
+        '206': {description: A byte range., content: {application/octet-stream: {schema: {type: string, format: binary}}}}
+        '304': {description: Not modified.}
+        '401': {$ref: '#/components/responses/Error'}
+        '404': {$ref: '#/components/responses/Error'}
         '416': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/logs:
     parameters: [{$ref: '#/components/parameters/JobId'}]

@@ -135,6 +135,12 @@ public final class Scheduler: @unchecked Sendable {
 
     /// The machine's view of a stored job.
     static func queued(_ j: JobRecord) -> Scheduling.Queued {
+        if j.kind != .train {
+            // An evaluation or embedding: one local worker with its threads; one restart.
+            let spec = try? JSONDecoder().decode(EvaluationSpec.self, from: Data(j.spec.utf8))
+            return Scheduling.Queued(id: j.id, priority: j.priority, seq: j.seq ?? 0, threads: spec?.threads ?? 1,
+                                     restarts: j.restarts, maxRestarts: 1, processes: 1)
+        }
         let spec = try? JobSpec.parse(Data(j.spec.utf8))
         return Scheduling.Queued(id: j.id, priority: j.priority, seq: j.seq ?? 0, threads: spec?.threads ?? 1,
                                  restarts: j.restarts, maxRestarts: spec?.max_restarts ?? 0, processes: spec?.distributed.processes ?? 1)
@@ -204,9 +210,60 @@ public final class Scheduler: @unchecked Sendable {
         return (job, created)
     }
 
+    /// Submits an evaluation (`embedding` false) or an embedding of a training job's checkpoint:
+    /// validated like a job spec (field by field; the checkpoint must be the job's, the data under
+    /// the roots), stored as a job of its own kind under the training job, then queued.
+    public func submitEvaluation(of parentID: String, _ body: Data, embedding: Bool) throws -> JobRecord {
+        guard isAccepting else { throw JobError(.unavailable, "the daemon is shutting down") }
+        guard let parent = try job(parentID) else { throw JobError(.notFound, "no job \(parentID)") }
+        guard parent.kind == .train else {
+            throw JobError(.invalid, "evaluations and embeddings are made of a training job's checkpoints; \(parentID) is an \(parent.kind.rawValue)")
+        }
+        var spec = try EvaluationSpec.parse(body, embedding: embedding)
+        var issues: [FieldIssue] = []
+        let checkpoints = try store.checkpoints(parentID)
+        if spec.checkpoint == "latest" {
+            if let last = checkpoints.last { spec.checkpoint = last.name } else {
+                issues.append(FieldIssue("checkpoint", "job \(parentID) has no checkpoint yet"))
+            }
+        } else if !checkpoints.contains(where: { $0.name == spec.checkpoint }) {
+            issues.append(FieldIssue("checkpoint", "job \(parentID) has no checkpoint \(spec.checkpoint)"
+                + (checkpoints.isEmpty ? "" : " (it has \(checkpoints.map(\.name).joined(separator: ", ")))")))
+        }
+        for (field, source) in [("data", spec.data)] + (spec.train_data.map { [("train_data", $0)] } ?? []) {
+            do { _ = try DataSources.locate(source, roots: settings.dataRoots, allowAbsolute: false) } catch {
+                issues.append(FieldIssue("\(field).path", error.message))
+            }
+        }
+        let training = try? JobSpec.parse(Data(parent.spec.utf8))
+        spec.threads = spec.threads ?? min(training?.threads ?? 1, settings.threads)
+        if let threads = spec.threads, threads > settings.threads {
+            issues.append(FieldIssue("threads", "must be at most \(settings.threads) (the daemon's thread budget)"))
+        }
+        if spec.kind == .knn {
+            spec.k = spec.k ?? training?.eval?.knn_k ?? 200
+            spec.t = spec.t ?? training?.eval?.knn_t ?? 0.1
+        }
+        guard issues.isEmpty else { throw SpecError(issues) }
+        var record = JobRecord(id: "job_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(16),
+                               name: "\(parent.name): \(spec.kind.rawValue)", spec: spec.canonicalJSON(), priority: parent.priority)
+        record.kind = embedding ? .embedding : .evaluation
+        record.parentId = parentID
+        let (job, _) = try store.create(record)
+        publishState(job, reason: "submitted")
+        JobLog.append("\(spec.kind.rawValue) \(job.id) of checkpoint \(spec.checkpoint) submitted", to: settings.jobDirectory(parentID))
+        feed(.submitted(Self.queued(job)))
+        return job
+    }
+
     public func cancel(_ id: String) throws -> JobRecord { try stop(id, .cancel) }
 
-    public func pause(_ id: String) throws -> JobRecord { try stop(id, .pause) }
+    public func pause(_ id: String) throws -> JobRecord {
+        if let j = try job(id), j.kind != .train {
+            throw JobError(.invalidState, "an \(j.kind.rawValue) cannot be paused (it keeps no checkpoint); cancel it and submit it again")
+        }
+        return try stop(id, .pause)
+    }
 
     /// A running job is asked to checkpoint and stop; any other goes through the state machine
     /// at once (the store's answer is the caller's).
@@ -253,7 +310,12 @@ public final class Scheduler: @unchecked Sendable {
         guard let j = try job(id) else { throw JobError(.notFound, "no job \(id)") }
         try refuseWhileEnding(id)
         guard j.state.isTerminal else { throw JobError(.invalidState, "only finished jobs can be deleted; this one is \(j.state.rawValue)") }
-        try store.delete(id)
+        let children = try store.jobs(parent: id, limit: 100_000).map(current)
+        if let open = children.first(where: { !$0.state.isTerminal }) {
+            throw JobError(.invalidState, "its \(open.kind.rawValue) \(open.id) is \(open.state.rawValue); cancel it first")
+        }
+        try store.delete(id)   // and its evaluations and embeddings (the store cascades)
+        for child in children { try? FileManager.default.removeItem(at: settings.jobDirectory(child.id)) }
         try? FileManager.default.removeItem(at: settings.jobDirectory(id))
     }
 
@@ -305,11 +367,20 @@ public final class Scheduler: @unchecked Sendable {
                                    countStep: { [self] in lock.lock(); steps += 1; lock.unlock() })
         var end: WorkerEnd
         do {
-            let spec = try JobSpec.parse(Data(job.spec.utf8))
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            try SafeTensorsFile.writeDurably(Data(job.spec.utf8), to: dir.appendingPathComponent("spec.json"))
-            recorder.syncCheckpointsOnDisk(spec)
-            recorder.syncMetricsOnDisk(spec)
+            if job.kind == .train {
+                let spec = try JobSpec.parse(Data(job.spec.utf8))
+                try SafeTensorsFile.writeDurably(Data(job.spec.utf8), to: dir.appendingPathComponent("spec.json"))
+                recorder.syncCheckpointsOnDisk(spec)
+                recorder.syncMetricsOnDisk(spec)
+            } else {
+                // The worker reads its task (and the training job's checkpoint) from its folder.
+                let spec = try JSONDecoder().decode(EvaluationSpec.self, from: Data(job.spec.utf8))
+                guard let parent = job.parentId else { throw JobError(.internalError, "an \(job.kind.rawValue) without its training job") }
+                let checkpoint = settings.jobDirectory(parent).appendingPathComponent("checkpoints").appendingPathComponent(spec.checkpoint)
+                let task = WorkerTask(evaluation: spec, checkpointPath: checkpoint.path)
+                try SafeTensorsFile.writeDurably(try JSONEncoder().encode(task), to: dir.appendingPathComponent(WorkerTask.fileName))
+            }
             end = runWorker(recorder, cores: held, hosts: hosts)
         } catch {
             end = .failed("\(error)")
@@ -326,7 +397,9 @@ public final class Scheduler: @unchecked Sendable {
                 recorder.appendLog("restarting the worker from the newest valid checkpoint (restart \(attempt) of \(max))")
                 publish(id, JobStreamEvent(.restart, JobStreamEvent.RestartData(reason: reason, restart: attempt, max_restarts: max)))
                 end = runWorker(recorder, cores: held, hosts: hosts)
-            case .end(_, let event, let reason):
+            case .end(_, let event, var reason):
+                // An evaluation's success says what it found.
+                if event == .finish, job.kind != .train, let summary = recorder.resultSummary { reason = summary }
                 endJob(id, event, reason: publicReason(reason, job: id), log: log)
                 feed(.coresFreed(id))
                 return

@@ -29,13 +29,24 @@ public struct JobRecord: Codable, Sendable, Equatable, FetchableRecord, Persista
     public var seq: Int64?
     /// Restarts of the job's worker after abnormal exits, over the job's whole life.
     public var restarts: Int
+    /// Training, or an evaluation or embedding of a training job's checkpoint.
+    public var kind: JobKind
+    /// The training job an evaluation or embedding belongs to.
+    public var parentId: String?
+    /// What an evaluation or embedding found (JSON, opaque to this module).
+    public var result: String?
 
     public init(id: String, name: String, spec: String, state: JobState = .queued, priority: Int = 0, createdAt: Date = Date(),
                 idempotencyKey: String? = nil, bodyHash: String? = nil) {
         self.id = id; self.name = name; self.spec = spec; self.state = state; self.priority = priority; self.createdAt = createdAt
         self.idempotencyKey = idempotencyKey; self.bodyHash = bodyHash
-        epoch = 0; step = 0; totalSteps = 0; restarts = 0
+        epoch = 0; step = 0; totalSteps = 0; restarts = 0; kind = .train
     }
+}
+
+/// What a job does. Every kind goes through the same queue, states and events.
+public enum JobKind: String, Codable, Sendable, CaseIterable, DatabaseValueConvertible {
+    case train, evaluation, embedding
 }
 
 extension JobState: DatabaseValueConvertible {}
@@ -206,6 +217,16 @@ public final class JobStore: Sendable {
                 UPDATE jobs SET reason = (SELECT reason FROM transitions WHERE transitions.jobId = jobs.id ORDER BY rowid DESC LIMIT 1)
                 """)
         }
+        m.registerMigration("v5-kinds") { db in
+            // Evaluations and embeddings are jobs of their own kinds, each under its training job
+            // (deleted with it), with what they found in `result`.
+            try db.alter(table: "jobs") { t in
+                t.add(column: "kind", .text).notNull().defaults(to: "train")
+                t.add(column: "parentId", .text).references("jobs", onDelete: .cascade)
+                t.add(column: "result", .text)
+            }
+            try db.create(index: "jobs_parent", on: "jobs", columns: ["parentId"])
+        }
         return m
     }
 
@@ -239,10 +260,13 @@ public final class JobStore: Sendable {
     public func job(_ id: String) throws -> JobRecord? { try pool.read { try JobRecord.fetchOne($0, key: id) } }
 
     /// Jobs newest first, optionally by state, after the cursor (a `seq`), at most `limit`.
-    public func jobs(state: JobState? = nil, limit: Int = 50, before cursor: Int64? = nil) throws -> [JobRecord] {
+    public func jobs(state: JobState? = nil, kind: JobKind? = nil, parent: String? = nil, limit: Int = 50,
+                     before cursor: Int64? = nil) throws -> [JobRecord] {
         try pool.read { db in
             var q = JobRecord.all()
             if let state { q = q.filter(Column("state") == state.rawValue) }
+            if let kind { q = q.filter(Column("kind") == kind.rawValue) }
+            if let parent { q = q.filter(Column("parentId") == parent) }
             if let cursor { q = q.filter(Column("seq") < cursor) }
             return try q.order(Column("seq").desc).limit(limit).fetchAll(db)
         }

@@ -10,8 +10,10 @@ public enum Evaluation {
     /// Backbone features (after global pooling, before the head) of every image, un-augmented and
     /// normalized, in eval mode without gradients: `N x featureDimension`, row-major floats.
     /// `precision` bf16 runs the backbone under `Autocast` (the features come out as fp32).
+    /// `progress` is told the images done after each batch; returning false stops the pass
+    /// there (the rows not reached stay zero).
     public static func features(_ encoder: ResNet, _ ds: ImageDataset, mean: [Float], std: [Float], batch: Int = 500,
-                                precision: Precision = .fp32) -> [Float] {
+                                precision: Precision = .fp32, progress: (Int) -> Bool = { _ in true }) -> [Float] {
         let wasTraining = encoder.isTraining
         encoder.eval()
         defer { encoder.train(wasTraining) }
@@ -32,6 +34,7 @@ public enum Evaluation {
                 let y = GradMode.withNoGrad { encoder.features(x) }.toArray()
                 out.replaceSubrange((start * f)..<((start + n) * f), with: y)
                 start += n
+                if !progress(start) { break }
             }
         }
         return out
@@ -155,18 +158,26 @@ public enum Evaluation {
                               epochs: Int = 30, learningRate: Float = 0.1, batch: Int = 256, seed: UInt64 = 0,
                               precision: Precision = .fp32) -> LinearResult {
         let dim = encoder.config.featureDimension
-        var trainF = features(encoder, train, mean: mean, std: std, precision: precision)
-        var evalF = features(encoder, eval, mean: mean, std: std, precision: precision)
+        return linear(trainFeatures: features(encoder, train, mean: mean, std: std, precision: precision), trainLabels: train.labels!,
+                      evalFeatures: features(encoder, eval, mean: mean, std: std, precision: precision), evalLabels: eval.labels!,
+                      dim: dim, epochs: epochs, learningRate: learningRate, batch: batch, seed: seed)
+    }
+
+    /// Linear evaluation on features already extracted (`N x dim` rows of each split).
+    public static func linear(trainFeatures: [Float], trainLabels: [Int], evalFeatures: [Float], evalLabels: [Int], dim: Int,
+                              epochs: Int = 30, learningRate: Float = 0.1, batch: Int = 256, seed: UInt64 = 0) -> LinearResult {
+        var trainF = trainFeatures, evalF = evalFeatures
+        let evalCount = evalLabels.count
         // Standardize each feature with the training split's mean and deviation.
-        let n = train.count
+        let n = trainLabels.count
         for j in 0..<dim {
             var s = 0.0, s2 = 0.0
             for i in 0..<n { let x = Double(trainF[i * dim + j]); s += x; s2 += x * x }
             let m = s / Double(n), sd = max((s2 / Double(n) - m * m).squareRoot(), 1e-6)
             for i in 0..<n { trainF[i * dim + j] = Float((Double(trainF[i * dim + j]) - m) / sd) }
-            for i in 0..<eval.count { evalF[i * dim + j] = Float((Double(evalF[i * dim + j]) - m) / sd) }
+            for i in 0..<evalCount { evalF[i * dim + j] = Float((Double(evalF[i * dim + j]) - m) / sd) }
         }
-        let classes = max(train.labels!.max() ?? 0, eval.labels!.max() ?? 0) + 1
+        let classes = max(trainLabels.max() ?? 0, evalLabels.max() ?? 0) + 1
         var rng = SeededGenerator(seed: seed)
         let layer = Linear(inputFeatures: dim, outputFeatures: classes, using: &rng)
         let opt = SGD(parameters: layer.parameters(), learningRate: learningRate, momentum: 0.9, weightDecay: 0)
@@ -185,20 +196,20 @@ public enum Evaluation {
                         for (r, i) in idx.enumerated() { (dst.baseAddress! + r * dim).update(from: src.baseAddress! + i * dim, count: dim) }
                     }
                 }
-                let loss = crossEntropy(layer(x), targets: idx.map { train.labels![$0] })
+                let loss = crossEntropy(layer(x), targets: idx.map { trainLabels[$0] })
                 opt.zeroGrad()
                 loss.backward()
                 opt.step()
             }
         }
-        let logits = GradMode.withNoGrad { layer(Tensor(shape: [eval.count, dim], data: evalF)) }.toArray()
+        let logits = GradMode.withNoGrad { layer(Tensor(shape: [evalCount, dim], data: evalF)) }.toArray()
         var top1 = 0, top5 = 0
-        for i in 0..<eval.count {
+        for i in 0..<evalCount {
             let row = Array(logits[(i * classes)..<((i + 1) * classes)])
             let ranked = row.indices.sorted { row[$0] > row[$1] }
-            if ranked[0] == eval.labels![i] { top1 += 1 }
-            if ranked.prefix(5).contains(eval.labels![i]) { top5 += 1 }
+            if ranked[0] == evalLabels[i] { top1 += 1 }
+            if ranked.prefix(5).contains(evalLabels[i]) { top5 += 1 }
         }
-        return LinearResult(top1: 100 * Double(top1) / Double(eval.count), top5: 100 * Double(top5) / Double(eval.count))
+        return LinearResult(top1: 100 * Double(top1) / Double(evalCount), top5: 100 * Double(top5) / Double(evalCount))
     }
 }

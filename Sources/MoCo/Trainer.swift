@@ -40,6 +40,15 @@ public struct MetricPoint: Sendable, Codable, Equatable {
     public var data_errors: Int? = nil
 }
 
+extension MetricPoint {
+    /// An evaluation or embedding job's progress as a step point: `step` images encoded of `total`.
+    public static func progress(step: Int, total: Int, imagesPerSecond: Double, eta: Double, time: Double) -> MetricPoint {
+        MetricPoint(kind: .step, step: step, epoch: 1, total_steps: total, loss: nil, lr: nil, images_per_second: imagesPerSecond,
+                    data_wait_share: nil, instance_accuracy: nil, feature_std: nil, loss_at_chance: nil, eta_seconds: eta, knn_top1: nil,
+                    time: time, precision: nil)
+    }
+}
+
 /// What the trainer reports while it runs.
 public enum TrainingEvent: Sendable {
     case started(totalSteps: Int, startStep: Int, warnings: [String])

@@ -16,6 +16,15 @@ public struct WorkerCommand: Codable, Sendable, Equatable {
     public init(_ kind: Kind) { self.kind = kind }
 }
 
+/// An evaluation or embedding job's task, written by the daemon into the job's folder (the
+/// worker runs it instead of training): what to do, and the training job's checkpoint file.
+public struct WorkerTask: Codable, Sendable, Equatable {
+    public static let fileName = "task.json"
+    public var evaluation: EvaluationSpec
+    public var checkpointPath: String
+    public init(evaluation: EvaluationSpec, checkpointPath: String) { self.evaluation = evaluation; self.checkpointPath = checkpointPath }
+}
+
 /// A checkpoint as the worker wrote it: the file's name, digest and size, and its metadata.
 public struct CheckpointWritten: Codable, Sendable, Equatable {
     public var name: String
@@ -48,11 +57,13 @@ public struct WorkerEvent: Codable, Sendable, Equatable {
     public var checkpoint: CheckpointWritten?
     /// `message`: the text; `failed`: the reason.
     public var message: String?
+    /// `finished`, for an evaluation or embedding: what it found.
+    public var result: EvaluationResult?
 
     public init(kind: Kind, totalSteps: Int? = nil, startStep: Int? = nil, warnings: [String]? = nil, point: MetricPoint? = nil,
-                step: Int? = nil, checkpoint: CheckpointWritten? = nil, message: String? = nil) {
+                step: Int? = nil, checkpoint: CheckpointWritten? = nil, message: String? = nil, result: EvaluationResult? = nil) {
         self.kind = kind; self.totalSteps = totalSteps; self.startStep = startStep; self.warnings = warnings; self.point = point
-        self.step = step; self.checkpoint = checkpoint; self.message = message
+        self.step = step; self.checkpoint = checkpoint; self.message = message; self.result = result
     }
 
     /// The event for a trainer's event.

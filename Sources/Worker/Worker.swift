@@ -96,7 +96,12 @@ public enum Worker {
 
         let outcome: WorkerEvent
         do {
-            outcome = WorkerEvent(try train(options, world: world, channel: channel))
+            let task = options.jobDirectory.appendingPathComponent(WorkerTask.fileName)
+            if world == nil, let data = try? Data(contentsOf: task) {
+                outcome = try evaluate(options, try JSONDecoder().decode(WorkerTask.self, from: data), channel: channel)
+            } else {
+                outcome = WorkerEvent(try train(options, world: world, channel: channel))
+            }
         } catch let error as MPIError {
             // The ranks cannot talk (one died or hangs): an abnormal end, which the daemon restarts.
             FileHandle.standardError.write(Data("mocod worker rank \(world?.rank ?? 0): \(error)\n".utf8))

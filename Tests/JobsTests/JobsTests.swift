@@ -40,7 +40,7 @@ import Testing
         let tables = try s.pool.read { try String.fetchAll($0, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") }
         #expect(Set(tables).isSuperset(of: ["jobs", "transitions", "metric_points", "checkpoints", "health", "grdb_migrations"]))
         let applied = try s.pool.read { try JobStore.migrator.appliedMigrations($0) }
-        #expect(applied == ["v1-jobs", "v2-health", "v3-restarts", "v4-reason"])
+        #expect(applied == ["v1-jobs", "v2-health", "v3-restarts", "v4-reason", "v5-kinds"])
         // The health probe is a real write: it moves the generation and leaves no failure behind.
         let before = s.generation
         try s.probeWrite()

@@ -177,7 +177,7 @@ function listView(main) {
     el('a', { href: '#/submit' }, el('button', { class: 'primary', text: 'New job' }))), status, table);
   const stop = every(2000, async () => {
     try {
-      const page = await api('/v1/jobs?limit=100');
+      const page = await api('/v1/jobs?limit=100&kind=train');
       status.textContent = page.jobs.length ? '' : 'No jobs yet: submit one.';
       body.replaceChildren(...page.jobs.map(jobRow));
     } catch (e) { showError(status, e); }
@@ -380,8 +380,13 @@ function jobView(main, id) {
   const chartsNode = el('div', { class: 'charts' });
   const checkpointsNode = el('div', { id: 'checkpoints' }, el('p', { class: 'muted', text: 'Loading…' }));
   const logNode = el('pre', { class: 'log', id: 'log' }, '');
-  main.append(header, summary, el('h2', { text: 'Curves' }), controls, chartsNode,
-    el('h2', { text: 'Checkpoints' }), checkpointsNode, el('h2', { text: 'Log (last 200 lines)' }), logNode);
+  const evaluationsNode = el('div', { id: 'evaluations' });
+  const curvesTitle = el('h2', { text: 'Curves' });
+  const checkpointsTitle = el('h2', { text: 'Checkpoints' });
+  const evaluationsTitle = el('h2', { text: 'Evaluations and embeddings' });
+  main.append(header, summary, curvesTitle, controls, chartsNode,
+    checkpointsTitle, checkpointsNode, evaluationsTitle, evaluationsNode, el('h2', { text: 'Log (last 200 lines)' }), logNode);
+  let evaluationForm = null;
 
   // Series, filled from /metrics then live from /events.
   const S = {
@@ -455,8 +460,8 @@ function jobView(main, id) {
     header.replaceChildren(
       el('div', { class: 'row' },
         el('h1', { text: j.name }), badge(j.state), el('span', { class: 'muted mono', text: j.id }), el('span', { class: 'spacer' }),
-        act('Pause', 'pause', '', j.state === 'running' || j.state === 'queued'),
-        act('Resume', 'resume', '', j.state === 'paused'),
+        j.kind === 'train' ? act('Pause', 'pause', '', j.state === 'running' || j.state === 'queued') : null,
+        j.kind === 'train' ? act('Resume', 'resume', '', j.state === 'paused') : null,
         act('Cancel', 'cancel', 'danger', !STATES_DONE.has(j.state))),
       el('p', { class: j.state === 'failed' ? 'error' : 'muted', id: 'job-reason', text: j.reason ? 'Reason: ' + j.reason : '' }));
     if (STATES_DONE.has(j.state)) liveNote.textContent = j.state;
@@ -469,6 +474,19 @@ function jobView(main, id) {
   function renderSummary() {
     const j = job, p = j.progress, s = j.spec || {};
     const item = (label, value) => el('div', {}, el('b', { text: value }), el('span', { text: label }));
+    if (j.kind !== 'train') {
+      const r = j.result || {}, e = j.evaluation || {};
+      summary.replaceChildren(
+        item('kind', j.kind + (e.kind && e.kind !== j.kind ? ' (' + e.kind + ')' : '')),
+        el('div', {}, el('b', {}, el('a', { href: '#/jobs/' + j.parent_id, text: j.parent_id })), el('span', { text: 'training job' })),
+        item('checkpoint', e.checkpoint || '–'),
+        item('images encoded', p.total_steps ? `${p.step} / ${p.total_steps}` : String(p.step)),
+        item('ETA', j.state === 'running' ? fmtDuration(p.eta_seconds) : '–'),
+        r.top1 != null ? item('top-1', fmtNum(r.top1) + ' %') : null,
+        r.top5 != null ? item('top-5', fmtNum(r.top5) + ' %') : null,
+        r.shape ? item('embedding', r.shape.join(' × ') + ' float32') : null);
+      return;
+    }
     summary.replaceChildren(
       item('method', s.method || '–'),
       item('step', p.total_steps ? `${p.step} / ${p.total_steps}` : String(p.step)),
@@ -483,10 +501,81 @@ function jobView(main, id) {
   async function refreshJob() {
     job = await api('/v1/jobs/' + id);
     renderHeader(); renderSummary();
+    const training = job.kind === 'train';
+    for (const n of [curvesTitle, controls, chartsNode, checkpointsTitle, checkpointsNode, evaluationsTitle, evaluationsNode]) n.hidden = !training;
+    if (!training) renderArtifact();
   }
+
+  // An embedding's NPY file, fetched with the token and checked against its sha256 like a checkpoint.
+  function renderArtifact() {
+    const r = job.result;
+    if (!r || !r.artifact || document.getElementById('artifact')) return;
+    const verdict = el('span', { class: 'verdict' });
+    const c = { url: job.links.artifact, name: job.id + '-' + r.artifact, sha256: r.sha256 };
+    const button = el('button', { text: 'Download ' + r.artifact, onclick: () => download(c, verdict, button) });
+    summary.after(el('p', { id: 'artifact', class: 'row' }, button, el('span', { class: 'muted', text: fmtBytes(r.bytes) }), verdict));
+  }
+
+  async function refreshEvaluations(checkpoints) {
+    const list = (await api(`/v1/jobs/${id}/evaluations`)).jobs;
+    const rows = list.map((e) => el('tr', { 'data-evaluation': e.id },
+      el('td', {}, el('a', { href: '#/jobs/' + e.id, text: e.evaluation ? e.evaluation.kind : e.kind })),
+      el('td', {}, badge(e.state)),
+      el('td', { class: 'mono', text: e.evaluation ? e.evaluation.checkpoint : '' }),
+      el('td', { text: e.state === 'running' ? `${e.progress.step}/${e.progress.total_steps} images` : (e.reason || '') })));
+    const table = list.length ? el('table', { id: 'evaluation-table' },
+      el('thead', {}, el('tr', {}, el('th', { text: 'Kind' }), el('th', { text: 'State' }), el('th', { text: 'Checkpoint' }), el('th', { text: 'Result' }))),
+      el('tbody', {}, rows)) : el('p', { class: 'muted', text: 'None yet.' });
+    if (!evaluationForm && checkpoints && checkpoints.length) evaluationForm = makeEvaluationForm(checkpoints);
+    evaluationsNode.replaceChildren(table, evaluationForm || el('p', { class: 'muted', text: 'A checkpoint is needed first.' }));
+    return list.some((e) => !STATES_DONE.has(e.state));
+  }
+
+  // kNN, linear or embedding of a checkpoint; the data is the training job's evaluation split by default.
+  function makeEvaluationForm(checkpoints) {
+    const s = job.spec || {};
+    const source = s.eval ? { format: s.eval.format, path: s.eval.path, split: s.eval.split, limit: s.eval.limit }
+                          : { format: s.data.format, path: s.data.path, split: 'test', limit: null };
+    const kind = el('select', { id: 'evaluation-kind' }, ['knn', 'linear', 'embedding'].map((k) => el('option', { value: k, text: k })));
+    const checkpoint = el('select', { id: 'evaluation-checkpoint' }, checkpoints.slice().reverse().map((c) => el('option', { value: c.name, text: c.name })));
+    const data = el('input', { id: 'evaluation-data', class: 'mono', size: 70, value: JSON.stringify(source) });
+    const message = el('span', { id: 'evaluation-message' });
+    const go = el('button', { id: 'evaluation-submit', text: 'Run', onclick: async () => {
+      message.className = ''; message.textContent = '';
+      let parsed;
+      try { parsed = JSON.parse(data.value); } catch (e) { message.className = 'error'; message.textContent = 'data is not valid JSON'; return; }
+      const embedding = kind.value === 'embedding';
+      const body = embedding ? { checkpoint: checkpoint.value, data: parsed } : { kind: kind.value, checkpoint: checkpoint.value, data: parsed };
+      go.disabled = true;
+      try {
+        await api(`/v1/jobs/${id}/${embedding ? 'embeddings' : 'evaluations'}`, { method: 'POST', json: body });
+        pollEvaluations();
+      } catch (e) {
+        if (!(e instanceof Unauthorized)) {
+          const details = (e.body && e.body.error && e.body.error.details) || [];
+          message.className = 'error';
+          message.textContent = e.message + (details.length ? ': ' + details.map((d) => d.field + ' ' + d.problem).join('; ') : '');
+        }
+      } finally { go.disabled = false; }
+    } });
+    return el('div', { class: 'row controls' }, kind, checkpoint, el('label', {}, 'data ', data), go, message);
+  }
+
+  let evaluationsPoll = null;
+  function pollEvaluations() {
+    if (evaluationsPoll) return;
+    evaluationsPoll = every(3000, async () => {
+      const open = await refreshEvaluations(lastCheckpoints).catch(() => false);
+      if (!open && evaluationsPoll) { evaluationsPoll(); evaluationsPoll = null; }
+    });
+  }
+  let lastCheckpoints = [];
 
   async function refreshCheckpoints() {
     const list = (await api(`/v1/jobs/${id}/checkpoints`)).checkpoints;
+    const first = !lastCheckpoints.length && list.length;
+    lastCheckpoints = list;
+    if (first || evaluationForm === null) refreshEvaluations(list).then((open) => { if (open) pollEvaluations(); }).catch(() => {});
     if (!list.length) { checkpointsNode.replaceChildren(el('p', { class: 'muted', text: 'No checkpoints yet.' })); return; }
     const rows = list.map((c) => {
       const verdict = el('span', { class: 'verdict' });
@@ -560,7 +649,7 @@ function jobView(main, id) {
           else if (name === 'state') {
             refreshJob().catch(() => {});
             refreshLog().catch(() => {});
-            refreshCheckpoints().catch(() => {});
+            if (job && job.kind === 'train') refreshCheckpoints().catch(() => {});
           } else if (name === 'checkpoint') refreshCheckpoints().catch(() => {});
         }, abort.signal);
         await refreshJob();
@@ -578,7 +667,7 @@ function jobView(main, id) {
       await refreshJob();
       stopPolling.push(every(5000, () => refreshJob().catch((e) => showError(summary, e))));
       stopPolling.push(every(3000, () => refreshLog().catch(() => {})));
-      refreshCheckpoints().catch((e) => showError(checkpointsNode, e));
+      if (job.kind === 'train') refreshCheckpoints().catch((e) => showError(checkpointsNode, e));
       live();
     } catch (e) {
       showError(header, e);
@@ -590,6 +679,7 @@ function jobView(main, id) {
       stopped = true;
       abort.abort();
       stopPolling.forEach((f) => f());
+      if (evaluationsPoll) evaluationsPoll();
       window.removeEventListener('resize', redraw);
     },
   };
