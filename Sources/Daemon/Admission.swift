@@ -40,20 +40,8 @@ extension Scheduler {
         return issues.isEmpty ? .success(spec) : .failure(SpecError(issues))
     }
 
-    /// A rough upper bound: both encoders' weights, optimizer state and gradients, the queue, and
-    /// the activations of one training step (per image: the forward FLOPs of the stem-sized maps;
-    /// SimCLR and MoCo v3 keep both views' activations for the backward pass, MoCo one).
-    public static func estimatedMemoryBytes(_ spec: JobSpec) -> Int {
-        let c = spec.resnetConfig
-        let w = Double(c.width), s = Double(spec.augment.size)
-        let spatial = spec.model.stem == .cifar ? s * s : (s / 4) * (s / 4)
-        let blocks: Double = c.arch == .resnet18 ? 8 : 16
-        let perImage = spatial * w * 4 * blocks * 2.5 * (c.arch == .resnet50 ? 4 : 1)
-        let params = 11.2e6 * (w / 64) * (w / 64) * (c.arch == .resnet50 ? 2.1 : c.arch == .resnet34 ? 1.9 : 1)
-        let views: Double = spec.method.hasQueue ? 2 : 3
-        let bytes = 4 * (perImage * Double(spec.optim.batch_size) * views + params * 5 + Double((spec.moco?.queue ?? 0) * spec.model.dim))
-        return Int(bytes) + 300 << 20
-    }
+    /// The job's expected peak memory (`JobSpec.memoryEstimate`, calibrated against measured peak RSS).
+    public static func estimatedMemoryBytes(_ spec: JobSpec) -> Int { spec.memoryEstimate.total }
 
     static func physicalMemory() -> Int { Int(ProcessInfo.processInfo.physicalMemory) }
 }

@@ -20,7 +20,25 @@ struct Moco: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moco",
         abstract: "Self-supervised training (MoCo v1/v2, SimCLR, MoCo v3) on the CPU, in the foreground.",
-        subcommands: [Train.self, Eval.self, Export.self, Embed.self, DataCommand.self])
+        subcommands: [Train.self, Eval.self, Export.self, Embed.self, EstimateCommand.self, DataCommand.self])
+}
+
+// MARK: - estimate
+
+struct EstimateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "estimate", abstract: "A job spec's expected peak memory, term by term, in bytes (as the daemon's dry run reports it).")
+    @Option(help: "The job spec (JSON file).") var config: String
+
+    func run() throws {
+        let spec: JobSpec
+        do { spec = try JobSpec.parse(readJSONArgument(config)) } catch { fail("\(error)") }
+        struct Output: Encodable { var total: Int; var terms: MemoryEstimate }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let e = spec.memoryEstimate
+        print(String(decoding: try encoder.encode(Output(total: e.total, terms: e)), as: UTF8.self))
+    }
 }
 
 // MARK: - data

@@ -1,5 +1,7 @@
 import Foundation
 import Kernels
+import Autograd
+import NN
 @testable import MoCo
 import Testing
 
@@ -115,5 +117,47 @@ enum Examples {
         let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("examples/fashion-mnist.json")
         return try! Data(contentsOf: url)
+    }
+}
+
+/// The dry run's memory estimate: its terms counted from the spec as the code holds them.
+@Suite struct MemoryEstimateTests {
+    /// The closed-form count of a backbone's floats equals the built network's parameters and
+    /// batch-norm buffers, for every architecture and stem.
+    @Test(arguments: [ResNetConfig.Arch.resnet18, .resnet34, .resnet50])
+    func backboneSizeIsTheNetworksOwn(_ arch: ResNetConfig.Arch) {
+        for stem in [ResNetConfig.Stem.cifar, .imagenet] {
+            let config = ResNetConfig(arch: arch, stem: stem, width: 8, inChannels: 3, numClasses: 0)
+            var rng = SeededGenerator(seed: 1)
+            let net = ResNet(config, using: &rng)
+            let floats = net.stateEntries().reduce(0) { sum, e in
+                switch e {
+                case .parameter(_, let t), .buffer(_, let t): sum + t.shape.reduce(1, *)
+                case .counter: sum
+                }
+            }
+            #expect(JobSpec.backboneParameters(config) == floats, "\(arch) \(stem)")
+        }
+    }
+
+    @Test func termsFollowTheSpec() throws {
+        let example = try JobSpec.parse(Data(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("examples/fashion-mnist.json")))
+        let e = example.memoryEstimate
+        // ResNet-18 at width 32 on 28x28 images: 747,264 floats kept per image, for the 256 queries.
+        #expect(e.activations == 4 * 747_264 * 256)
+        // 60,000 + 10,000 images of 28x28 bytes, and 4 prefetched batches of two 28x28 float views.
+        #expect(e.data == 70_000 * 784 + 4 * 2 * 256 * 784 * 4)
+        #expect(e.total == e.runtime + e.data + e.model + max(e.activations, e.evaluation))
+        var wider = example
+        wider.model.width = 64
+        #expect(wider.memoryEstimate.activations == 2 * e.activations && wider.memoryEstimate.model > 3 * e.model)
+        var simclr = example
+        simclr.method = .simclr
+        simclr.moco = nil
+        #expect(simclr.memoryEstimate.activations == 2 * e.activations)   // both views keep their tape
+        var streamed = example
+        streamed.data = .init(format: .folder, path: "x", split: "train", limit: 1000, cache_mb: 16)
+        #expect(streamed.memoryEstimate.data < e.data)
     }
 }
