@@ -144,18 +144,19 @@ enum Examples {
         let example = try JobSpec.parse(Data(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("examples/fashion-mnist.json")))
         let e = example.memoryEstimate
-        // ResNet-18 at width 32 on 28x28 images: 747,264 floats kept per image, for the 256 queries.
-        #expect(e.activations == 4 * 747_264 * 256)
+        // ResNet-18 at width 32 on 28x28 images: 747,264 floats in its block maps per image (7 maps
+        // a block), 0.8 of them kept (the measured slope), for the 256 queries.
+        #expect(abs(e.activations - Int(4 * 747_264 * 0.8 * 256)) <= 4)
         // 60,000 + 10,000 images of 28x28 bytes, and 4 prefetched batches of two 28x28 float views.
         #expect(e.data == 70_000 * 784 + 4 * 2 * 256 * 784 * 4)
-        #expect(e.total == e.runtime + e.data + e.model + max(e.activations, e.evaluation))
+        #expect(e.total == e.runtime + e.data + e.model + e.activations + e.evaluation)
         var wider = example
         wider.model.width = 64
-        #expect(wider.memoryEstimate.activations == 2 * e.activations && wider.memoryEstimate.model > 3 * e.model)
+        #expect(abs(wider.memoryEstimate.activations - 2 * e.activations) <= 8 && wider.memoryEstimate.model > 3 * e.model)
         var simclr = example
         simclr.method = .simclr
         simclr.moco = nil
-        #expect(simclr.memoryEstimate.activations == 2 * e.activations)   // both views keep their tape
+        #expect(abs(simclr.memoryEstimate.activations - 2 * e.activations) <= 8)   // both views keep their tape
         var streamed = example
         streamed.data = .init(format: .folder, path: "x", split: "train", limit: 1000, cache_mb: 16)
         #expect(streamed.memoryEstimate.data < e.data)
