@@ -218,6 +218,7 @@ def steps(run):
     run.click("#btn-pause")
     run.wait("paused", lambda: run.state() == "paused", timeout=120)
     run.screenshot("dashboard-job-paused.png")
+    time.sleep(1.5)   # the page redraws at most once a second: let the last points before the pause land
     held = run.points()
     time.sleep(2)
     if run.points() != held:

@@ -424,17 +424,23 @@ function jobView(main, id) {
     }
   }
 
+  // At most one redraw a second: points arrive with every step (several a second on a small
+  // model), and redrawing six charts for each would cost the training machine's CPU when the
+  // browser runs there.
+  let lastDraw = 0;
   function redraw() {
     if (pending) return;
     pending = true;
-    requestAnimationFrame(() => {
+    const wait = Math.max(0, 1000 - (performance.now() - lastDraw));
+    setTimeout(() => requestAnimationFrame(() => {
       pending = false;
+      lastDraw = performance.now();
       if (stopped) return;
       lossChart.series[1].points = smoothed(S.loss);
       const dim = job && job.spec && job.spec.model ? job.spec.model.dim : null;
       if (dim && S.std.length) charts[5].series[1].points = [[S.std[0][0], 1 / Math.sqrt(dim)], [S.std[S.std.length - 1][0], 1 / Math.sqrt(dim)]];
       for (const c of charts) c.draw();
-    });
+    }), wait);
   }
 
   function applyRange() {
