@@ -32,7 +32,7 @@ enum Dashboard {
         ["/": authRequired ? pageWithAuth : page, "/ui/app.js": script, "/ui/app.css": style]
     }
 
-    static func isPublic(_ path: String) -> Bool { path == "/" || path == "/ui/app.js" || path == "/ui/app.css" }
+    static func isPublic(_ path: String) -> Bool { paths(authRequired: false)[path] != nil }
 
     /// Everything from this daemon only; no inline script or style, no frames, no plugins.
     /// (`data:` images: the page's empty favicon, so the browser does not ask for one.)
