@@ -6,7 +6,8 @@ method (1 warm-up epoch, then cosine per step), and each method's own loss and o
   moco_v2  the example's MoCo v2 (K 4096, m 0.99, τ 0.1, shuffle BN as 8 splits), SGD 0.06, wd 5e-4
   simclr   NT-Xent τ 0.5 (the SimCLR code's CIFAR-10 setting), LARS 0.3 x batch/256, wd 1e-6
   moco_v3  m 0.99 rising to 1, τ 1.0 (the MoCo v3 code's ResNet defaults), LARS 0.6 x batch/256, wd 1e-6
-Usage: method_spec.py METHOD BATCH WIDTH EPOCHS [QUEUE]  (prints the spec)
+Usage: method_spec.py METHOD BATCH WIDTH EPOCHS [QUEUE]  (prints the spec; SEED= sets its seed,
+else the example's)
 """
 import json
 import os
@@ -19,6 +20,8 @@ spec["name"] = f"fmnist-{method}-b{batch}"
 spec["method"] = method
 spec["model"]["width"] = width
 spec["optim"].update({"batch_size": batch, "epochs": epochs, "schedule": "cosine_step", "warmup_epochs": 1})
+if os.environ.get("SEED"):
+    spec["seed"] = int(os.environ["SEED"])
 moco = spec.pop("moco")
 if method == "moco_v2":
     spec["moco"] = moco
