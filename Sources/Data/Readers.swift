@@ -192,6 +192,15 @@ public enum Readers {
     }
 
     static func writeNPY(descr: String, shape: [Int], data: Data, to url: URL) throws {
+        try encodeNPY(descr: descr, shape: shape, data: data).write(to: url, options: .atomic)
+    }
+
+    /// A float32 C-order NPY file's bytes.
+    public static func encodeNPY(_ values: [Float], shape: [Int]) -> Data {
+        encodeNPY(descr: "<f4", shape: shape, data: values.withUnsafeBytes { Data($0) })
+    }
+
+    static func encodeNPY(descr: String, shape: [Int], data: Data) -> Data {
         let shapeText = shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
         var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shapeText), }"
         while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
@@ -201,7 +210,7 @@ public enum Readers {
         d.append(contentsOf: [UInt8(n & 0xff), UInt8(n >> 8)])
         d.append(contentsOf: Array(header.utf8))
         d.append(data)
-        try d.write(to: url, options: .atomic)
+        return d
     }
 
     // MARK: - Image folders (PNG, JPEG)

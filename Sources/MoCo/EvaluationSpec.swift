@@ -70,7 +70,7 @@ public struct EvaluationSpec: Codable, Sendable, Equatable {
             base["train_data"] = ["format": "idx", "path": NSNull(), "split": "train", "limit": NSNull(), "cache_mb": 256, "max_error_rate": 0.01] as [String: Any]
         }
         var merged = JobSpec.merge(base, user, path: "", issues: &issues)
-        for (field, value) in merged { checkNumber(value, path: field, issues: &issues) }
+        JobSpec.checkNumbers(merged, path: "", integers: integerFields, issues: &issues)
         guard issues.isEmpty else { throw SpecError(issues) }
         for section in ["data", "train_data"] {
             guard var d = merged[section] as? [String: Any], let f = d["format"] as? String, JobSpec.DataFormat(rawValue: f) == nil else { continue }
@@ -94,21 +94,6 @@ public struct EvaluationSpec: Codable, Sendable, Equatable {
         issues += spec.validate()
         guard issues.isEmpty else { throw SpecError(issues) }
         return spec
-    }
-
-    /// Numbers the decoder would reject without naming the field, reported by their path.
-    static func checkNumber(_ value: Any, path: String, issues: inout [FieldIssue]) {
-        if let object = value as? [String: Any] {
-            for (k, v) in object { checkNumber(v, path: "\(path).\(k)", issues: &issues) }
-        } else if let n = value as? NSNumber, String(cString: n.objCType) != "c" {
-            let d = n.doubleValue
-            let integral = String(cString: n.objCType) != "d" || (d.isFinite && d.rounded() == d)
-            if integerFields.contains(path) {
-                if !integral { issues.append(FieldIssue(path, "must be an integer")) } else if abs(d) >= 9.2e18 { issues.append(FieldIssue(path, "is out of range")) }
-            } else if !d.isFinite || abs(d) > Double(Float.greatestFiniteMagnitude) {
-                issues.append(FieldIssue(path, "is out of range"))
-            }
-        }
     }
 
     /// Range checks, every problem in field order.

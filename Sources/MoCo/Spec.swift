@@ -327,19 +327,21 @@ public struct JobSpec: Codable, Sendable, Equatable {
 
     /// Numbers the decoder would reject without naming the field (a fraction for an integer, a
     /// float beyond Float's range), reported by their path instead.
-    static func checkNumbers(_ value: Any, path: String, issues: inout [FieldIssue]) {
+    /// `integers` names the fields decoded as integers (a job spec's by default; an evaluation
+    /// passes its own).
+    static func checkNumbers(_ value: Any, path: String, integers: Set<String> = integerFields, issues: inout [FieldIssue]) {
         if let object = value as? [String: Any] {
-            for (k, v) in object { checkNumbers(v, path: path.isEmpty ? k : "\(path).\(k)", issues: &issues) }
+            for (k, v) in object { checkNumbers(v, path: path.isEmpty ? k : "\(path).\(k)", integers: integers, issues: &issues) }
         } else if let array = value as? [Any] {
             for (i, v) in array.enumerated() {
                 let before = issues.count
-                checkNumbers(v, path: path + "[]", issues: &issues)
+                checkNumbers(v, path: path + "[]", integers: integers, issues: &issues)
                 for j in before..<issues.count where issues[j].field == path + "[]" { issues[j] = FieldIssue("\(path)[\(i)]", issues[j].problem) }
             }
         } else if let n = value as? NSNumber, String(cString: n.objCType) != "c" {   // "c": a JSON true/false
             let d = n.doubleValue
             let integral = String(cString: n.objCType) != "d" || (d.isFinite && d.rounded() == d)
-            if integerFields.contains(path) {
+            if integers.contains(path) {
                 let limit = path == "seed" ? 1.8446744073709552e19 : 9.2e18
                 if !integral { issues.append(FieldIssue(path, "must be an integer")) }
                 else if d >= limit || d < (path == "seed" ? 0 : -9.2e18) { issues.append(FieldIssue(path, "is out of range")) }

@@ -67,11 +67,8 @@ extension Worker {
         case .embedding:
             guard let features = pass(images) else { return WorkerEvent(kind: .stopped, step: done) }
             let out = options.jobDirectory.appendingPathComponent("embeddings.npy")
-            let partial = out.appendingPathExtension("partial")
-            try Readers.writeNPY(features, shape: [images.count, dim], to: partial)
-            let data = try Data(contentsOf: partial)
+            let data = Readers.encodeNPY(features, shape: [images.count, dim])
             try SafeTensorsFile.writeDurably(data, to: out)
-            try? FileManager.default.removeItem(at: partial)
             result.artifact = out.lastPathComponent
             result.shape = [images.count, dim]
             result.bytes = Int64(data.count)

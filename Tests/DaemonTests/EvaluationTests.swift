@@ -61,6 +61,10 @@ import Testing
         let (parent, checkpoints) = try trained(d)
         let latest = try #require(checkpoints.last)
         let test = #"{"format": "idx", "path": "tiny", "split": "test"}"#
+        // A second training job holds the daemon's one slot, so the evaluation waits in the queue
+        // until its event stream is open (the stream is live: it does not replay earlier points).
+        let blocker = try #require(d.request("POST", "/v1/jobs", body: Self.spec).json["id"] as? String)
+        #expect(d.waitFor(blocker, ["running", "succeeded", "failed"])["state"] as? String == "running")
         let created = d.request("POST", "/v1/jobs/\(parent)/evaluations", body: #"{"kind": "knn", "data": \#(test), "k": 5}"#)
         #expect(created.status == 202, "\(String(decoding: created.body, as: UTF8.self))")
         let id = try #require(created.json["id"] as? String)
