@@ -4,7 +4,7 @@
 # Selenium run the dashboard's browser test (scripts/e2e_browser.py).
 set -euo pipefail
 packages=(libopenblas-openmp-dev libdnnl-dev zlib1g-dev libpng-dev libturbojpeg0-dev libssl-dev libsqlite3-dev libopenmpi-dev openmpi-bin pkg-config dataset-fashion-mnist curl python3
-  chromium chromium-driver python3-selenium)
+  chromium chromium-driver python3-selenium python3-yaml)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -303,6 +303,7 @@ paths:
         and must be given). The dashboard's submit form starts from it.
       responses:
         '200': {description: The preset., content: {application/json: {schema: {type: object}}}}
+        '400': {$ref: '#/components/responses/Error'}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
   /healthz:
@@ -521,7 +522,7 @@ paths:
         - {name: format, in: query, schema: {type: string, enum: [json, csv]}}
       responses:
         '200':
-          description: Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance - the loss of uninformative features, ln(K+1) for MoCo v1/v2, ln(2N-1) for SimCLR at batch N, 4τ·ln N for MoCo v3 -, eta_seconds, knn_top1), time, precision (fp32 or bf16, the precision it computed in), on a streamed dataset's steps data_errors (unusable images so far), and on a distributed job's steps allreduce_bytes and allreduce_seconds (the all-reduce of gradients and batch-norm statistics: bytes per rank, seconds on rank 0).
+          description: 'Metric points and the cursor for the next poll (next_after_step). Each point has kind (step or eval), step, epoch, total_steps, its values (loss, lr, images_per_second, data_wait_share, instance_accuracy, feature_std, loss_at_chance - the loss of uninformative features, ln(K+1) for MoCo v1/v2, ln(2N-1) for SimCLR at batch N, 4τ·ln N for MoCo v3 -, eta_seconds, knn_top1), time, precision (fp32 or bf16, the precision it computed in), on a streamed dataset''s steps data_errors (unusable images so far), and on a distributed job''s steps allreduce_bytes and allreduce_seconds (the all-reduce of gradients and batch-norm statistics: bytes per rank, seconds on rank 0).'
           content:
             application/json: {schema: {type: object, properties: {job_id: {type: string}, next_after_step: {type: integer}, total_points: {type: integer}, points: {type: array, items: {type: object}}}}}
             text/csv: {schema: {type: string}}
@@ -618,6 +619,7 @@ paths:
                 properties:
                   jobs: {type: array, items: {$ref: '#/components/schemas/Job'}}
                   next_cursor: {type: 'null'}
+        '400': {$ref: '#/components/responses/Error'}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
   /v1/jobs/{id}/embeddings:
@@ -650,6 +652,7 @@ paths:
         '200': {description: The file., content: {application/octet-stream: {schema: {type: string, format: binary}}}}
         '206': {description: A byte range., content: {application/octet-stream: {schema: {type: string, format: binary}}}}
         '304': {description: Not modified.}
+        '400': {$ref: '#/components/responses/Error'}
         '401': {$ref: '#/components/responses/Error'}
         '404': {$ref: '#/components/responses/Error'}
         '416': {$ref: '#/components/responses/Error'}
