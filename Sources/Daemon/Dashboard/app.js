@@ -255,17 +255,18 @@ class Chart {
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, w, h);
     const L = 56, R = 12, T = 34, B = 26, pw = w - L - R, ph = h - T - B;
-    let all = [];
-    for (const s of this.series) all = all.concat(s.points);
-    const steps = all.map((p) => p[0]);
+    // Loops rather than spreads: a long job holds more points than a call's arguments may.
+    let count = 0, last = 1;
+    for (const s of this.series) for (const p of s.points) { count++; if (p[0] > last) last = p[0]; }
     let x0 = this.range ? this.range[0] : 0;
-    let x1 = this.range ? this.range[1] : Math.max(1, ...steps);
+    let x1 = this.range ? this.range[1] : last;
     if (x1 <= x0) x1 = x0 + 1;
     const inRange = (p) => p[0] >= x0 && p[0] <= x1 && isFinite(p[1]) && (!this.log || p[1] > 0);
     const vals = [];
     for (const s of this.series) for (const p of s.points) if (inRange(p)) vals.push(p[1]);
     const tf = (v) => (this.log ? Math.log10(v) : v);
-    let y0 = vals.length ? Math.min(...vals.map(tf)) : 0, y1 = vals.length ? Math.max(...vals.map(tf)) : 1;
+    let y0 = vals.length ? Infinity : 0, y1 = vals.length ? -Infinity : 1;
+    for (const v of vals) { const t = tf(v); if (t < y0) y0 = t; if (t > y1) y1 = t; }
     if (this.opts.zero && !this.log) y0 = Math.min(0, y0);
     if (this.opts.max !== undefined && !this.log) y1 = Math.max(y1, Math.min(this.opts.max, y1));
     if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
@@ -315,16 +316,39 @@ class Chart {
         for (const p of pts) { g.beginPath(); g.arc(X(p[0]), Y(p[1]), 3, 0, 7); g.fill(); }
       } else if (pts.length) {
         g.beginPath();
-        pts.forEach((p, i) => (i ? g.lineTo(X(p[0]), Y(p[1])) : g.moveTo(X(p[0]), Y(p[1]))));
+        decimate(pts, X, pw).forEach((p, i) => (i ? g.lineTo(X(p[0]), Y(p[1])) : g.moveTo(X(p[0]), Y(p[1]))));
         if (pts.length === 1) g.arc(X(pts[0][0]), Y(pts[0][1]), 2, 0, 7);
         g.stroke();
       }
       if (s.count !== false) drawn += pts.length;
     }
     g.restore(); g.setLineDash([]);
-    if (!all.length) { g.textAlign = 'center'; g.fillStyle = '#9aa3ad'; g.fillText('no points yet', L + pw / 2, T + ph / 2); }
+    if (!count) { g.textAlign = 'center'; g.fillStyle = '#9aa3ad'; g.fillText('no points yet', L + pw / 2, T + ph / 2); }
     this.canvas.setAttribute('data-points', String(drawn));
   }
+}
+
+// A line's points cut to at most four a pixel column (its first, lowest, highest and last, in
+// step order): the same picture as every point, at a cost set by the chart's width, not the
+// job's length.
+function decimate(pts, X, width) {
+  if (pts.length <= 4 * width) return pts;
+  const out = [];
+  let col = null, first, lo, hi, lastP;
+  const flush = () => {
+    if (col === null) return;
+    const keep = [first, lo, hi, lastP].sort((a, b) => a[0] - b[0]);
+    for (let i = 0; i < keep.length; i++) if (i === 0 || keep[i] !== keep[i - 1]) out.push(keep[i]);
+  };
+  for (const p of pts) {
+    const c = Math.floor(X(p[0]));
+    if (c !== col) { flush(); col = c; first = lo = hi = lastP = p; continue; }
+    if (p[1] < lo[1]) lo = p;
+    if (p[1] > hi[1]) hi = p;
+    lastP = p;
+  }
+  flush();
+  return out;
 }
 
 function smoothed(points) {
@@ -627,9 +651,10 @@ function jobView(main, id) {
 
   async function refreshLog() {
     const res = await api(`/v1/jobs/${id}/logs?tail=200`, { raw: true });
-    const text = await res.text();
+    const text = (await res.text()) || '(empty)';
+    if (text === logNode.textContent) return;   // unchanged: no relayout
     const atBottom = logNode.scrollTop + logNode.clientHeight >= logNode.scrollHeight - 4;
-    logNode.textContent = text || '(empty)';
+    logNode.textContent = text;
     if (atBottom) logNode.scrollTop = logNode.scrollHeight;
   }
 
