@@ -183,7 +183,7 @@ public enum Readers {
 
     /// Writes a float32 C-order NPY file of `shape` (what `moco embed` produces).
     public static func writeNPY(_ values: [Float], shape: [Int], to url: URL) throws {
-        try writeNPY(descr: "<f4", shape: shape, data: values.withUnsafeBytes { Data($0) }, to: url)
+        try encodeNPY(values, shape: shape).write(to: url, options: .atomic)
     }
 
     /// Writes a uint8 C-order NPY file of `shape` (an image dataset `npy` reads).
