@@ -114,7 +114,7 @@ public final class API: Sendable {
         r.add("POST", "/v1/jobs/{id}/pause") { [self] req in mapError { jobResponse(try scheduler.pause(try jobID(req)), status: .accepted) } }
         r.add("POST", "/v1/jobs/{id}/resume") { [self] req in mapError { jobResponse(try scheduler.resume(try jobID(req)), status: .accepted) } }
         r.add("GET", "/v1/jobs/{id}/metrics") { [self] req in withJob(req) { try metrics($0, req) } }
-        r.add("GET", "/v1/jobs/{id}/events") { [self] req in withJob(req) { events($0) } }
+        r.add("GET", "/v1/jobs/{id}/events") { [self] req in withJob(req) { try events($0, req) } }
         r.add("GET", "/v1/jobs/{id}/loss.svg") { [self] req in withJob(req) { try lossSVG($0) } }
         r.add("GET", "/v1/jobs/{id}/checkpoints") { [self] req in withJob(req) { try checkpoints($0) } }
         r.add("GET", "/v1/jobs/{id}/checkpoints/{name}") { [self] req in withJob(req) { try download($0, req) } }
@@ -402,7 +402,13 @@ public final class API: Sendable {
         return .json(MetricsPage(job_id: j.id, next_after_step: cursor, total_points: all.count, points: points))
     }
 
-    func events(_ j: JobRecord) -> HTTPResponse {
+    func events(_ j: JobRecord, _ req: HTTPRequest) throws -> HTTPResponse {
+        var ms = 0
+        if let t = req.query["interval_ms"] {
+            guard let n = Int(t), (0...60_000).contains(n) else { throw JobError(.invalid, "interval_ms must be an integer between 0 and 60000") }
+            ms = n
+        }
+        let interval = Double(ms) / 1000
         let scheduler = self.scheduler
         let id = j.id
         let initial = DaemonJSON.string(InitialState(state: j.state, step: j.step, epoch: j.epoch))
@@ -417,13 +423,24 @@ public final class API: Sendable {
             }
             // A finished job has nothing more to say.
             if let current = try? scheduler.job(id), current.state.isTerminal { return }
+            let clock = { ProcessInfo.processInfo.systemUptime }
+            var pacer = EventPacer(interval: interval, now: clock())
             while !sse.isClosed {
-                if let e = queue.pop(timeout: 15) {
-                    guard sse.send(event: e.name.rawValue, data: e.json) else { return }
-                    if e.name == .shutdown { return }   // the daemon is stopping: end the stream now
-                    if e.state?.isTerminal == true { return }
-                } else if !sse.heartbeat() {
-                    return
+                let action: EventPacer.Action
+                if let e = queue.pop(timeout: pacer.wait(now: clock())) {
+                    action = pacer.received(e, now: clock())
+                } else {
+                    action = pacer.tick(now: clock())
+                }
+                switch action {
+                case .wait:
+                    continue
+                case .heartbeat:
+                    guard sse.heartbeat() else { return }
+                case .write(let events):
+                    guard sse.send(events.map { SSEWriter.Event(event: $0.name.rawValue, data: $0.json) }) else { return }
+                    // The daemon is stopping, or the job ended: the stream ends with that event.
+                    if events.contains(where: { $0.name == .shutdown || $0.state?.isTerminal == true }) { return }
                 }
             }
         }

@@ -125,21 +125,25 @@ final class JobRecorder {
                         keepLast: spec.checkpoint.keep_last, keepBest: spec.checkpoint.keep_best)
     }
 
-    /// A line in the job's human-readable log (`jobs/<id>/job.log`).
-    func appendLog(_ line: String) { JobLog.append(line, to: directory) }
+    /// A line in the job's human-readable log (`jobs/<id>/job.log`), and a live `log` event.
+    func appendLog(_ line: String) { events.publish(id, .log(JobLog.append(line, to: directory))) }
 }
 
 /// A job's human-readable log (`jobs/<id>/job.log`): its state changes with their reasons, and
 /// its worker's messages.
 enum JobLog {
-    /// One `write` with `O_APPEND`: lines from several threads (a request, the job's thread) never interleave.
-    static func append(_ line: String, to directory: URL) {
+    /// One `write` with `O_APPEND`: lines from several threads (a request, the job's thread) never
+    /// interleave. Returns the line as written, with its time and without its newline.
+    @discardableResult
+    static func append(_ line: String, to directory: URL) -> String {
         try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let text = Array((ISO8601DateFormatter().string(from: Date()) + " " + line + "\n").utf8)
+        let stamped = ISO8601DateFormatter().string(from: Date()) + " " + line
+        let text = Array((stamped + "\n").utf8)
         let fd = open(directory.appendingPathComponent("job.log").path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return }
+        guard fd >= 0 else { return stamped }
         _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
+        return stamped
     }
 }
 

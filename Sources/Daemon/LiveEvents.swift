@@ -2,10 +2,10 @@ import Foundation
 import Jobs
 
 /// A live event of a job, for Server-Sent Events subscribers.
-public struct JobStreamEvent: Sendable {
+public struct JobStreamEvent: Sendable, Equatable {
     /// The SSE event names.
     public enum Name: String, Sendable {
-        case state, metric, eval, checkpoint, restart, shutdown
+        case state, metric, eval, checkpoint, restart, shutdown, log
     }
     public var name: Name
     /// The event's data (JSON made by `Codable`).
@@ -20,11 +20,15 @@ public struct JobStreamEvent: Sendable {
         JobStreamEvent(name: .state, json: DaemonJSON.string(StateData(state: state, reason: reason)), state: state)
     }
 
+    /// A `log` event: a line as it was appended to the job's log.
+    static func log(_ line: String) -> JobStreamEvent { JobStreamEvent(.log, LogData(line: line)) }
+
     /// The final event of every stream when the daemon stops.
     static let shutdown = JobStreamEvent(.shutdown, ShutdownData(reason: "the daemon is stopping"))
 
     struct StateData: Encodable { var state: JobState; var reason: String }
     struct ShutdownData: Encodable { var reason: String }
+    struct LogData: Encodable { var line: String }
     struct RestartData: Encodable { var reason: String; var restart: Int; var max_restarts: Int }
     struct CheckpointData: Encodable { var name: String; var sha256: String }
 }

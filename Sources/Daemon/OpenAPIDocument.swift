@@ -532,16 +532,19 @@ paths:
   /v1/jobs/{id}/events:
     parameters: [{$ref: '#/components/parameters/JobId'}]
     get:
-      summary: Server-Sent Events (state, metric, eval, checkpoint, restart), live.
+      summary: Server-Sent Events (state, metric, eval, checkpoint, restart, log), live.
+      description: 'The stream starts with a `state` event (the job''s state, step and epoch now) and ends after the job''s terminal `state` event. With `interval_ms`, `metric` and `log` events are held and written together at most once an interval (the first after a quiet interval at once), so that a client such as the dashboard wakes once an interval however fast the job steps; every other event is written at once, after the held ones, so nothing is lost or reordered.'
+      parameters:
+        - {name: interval_ms, in: query, required: false, description: 'Hold metric and log events and write them together at most once this many milliseconds (default 0: each as it comes).', schema: {type: integer, minimum: 0, maximum: 60000, default: 0}}
       responses:
         '200':
-          description: 'An event stream: events `state`, `metric`, `eval`, `checkpoint` and `restart` (a worker exited abnormally and restarts: reason, restart, max_restarts), each with JSON `data`; a final `shutdown` when the daemon stops.'
+          description: 'An event stream: events `state`, `metric`, `eval`, `checkpoint`, `restart` (a worker exited abnormally and restarts: reason, restart, max_restarts) and `log` (a line as appended to the job''s log, with its time: {"line": ...}), each with JSON `data`; a final `shutdown` when the daemon stops.'
           content:
             text/event-stream:
               schema:
                 type: object
                 properties:
-                  event: {type: string, enum: [state, metric, eval, checkpoint, restart, shutdown]}
+                  event: {type: string, enum: [state, metric, eval, checkpoint, restart, log, shutdown]}
                   data: {type: string}
                   id: {type: string}
         '401': {$ref: '#/components/responses/Error'}

@@ -251,7 +251,7 @@ public final class Scheduler: @unchecked Sendable {
         record.parentId = parentID
         let (job, _) = try store.create(record)
         publishState(job, reason: "submitted")
-        JobLog.append("\(spec.kind.rawValue) \(job.id) of checkpoint \(spec.checkpoint) submitted", to: settings.jobDirectory(parentID))
+        appendLog(parentID, "\(spec.kind.rawValue) \(job.id) of checkpoint \(spec.checkpoint) submitted")
         feed(.submitted(Self.queued(job)))
         return job
     }
@@ -516,7 +516,13 @@ public final class Scheduler: @unchecked Sendable {
     func publish(_ id: String, _ event: JobStreamEvent) { events.publish(id, event) }
 
     func publishState(_ j: JobRecord, reason: String) {
+        // The line first: a stream that ends with the state event has had it.
+        appendLog(j.id, "state: \(j.state.rawValue) (\(reason))")
         publish(j.id, .state(j.state, reason: reason))
-        JobLog.append("state: \(j.state.rawValue) (\(reason))", to: settings.jobDirectory(j.id))
+    }
+
+    /// A line in the job's log, and a live `log` event.
+    func appendLog(_ id: String, _ line: String) {
+        publish(id, .log(JobLog.append(line, to: settings.jobDirectory(id))))
     }
 }

@@ -130,15 +130,34 @@ public enum ServerSentEvents {
 public struct SSEWriter: Sendable {
     let writer: StreamWriter
 
-    /// Sends one event; data lines are split on newlines as the format requires.
+    /// One event: its name (none: `message`), id and data.
+    public struct Event: Sendable, Equatable {
+        public var event: String?
+        public var id: String?
+        public var data: String
+        public init(event: String? = nil, id: String? = nil, data: String) { self.event = event; self.id = id; self.data = data }
+
+        /// Its text on the wire; data lines are split on newlines as the format requires.
+        var text: String {
+            var text = ""
+            if let event { text += "event: \(event.filter { $0 != "\n" && $0 != "\r" })\n" }
+            if let id { text += "id: \(id.filter { $0 != "\n" && $0 != "\r" })\n" }
+            for line in data.split(separator: "\n", omittingEmptySubsequences: false) { text += "data: \(line)\n" }
+            return text + "\n"
+        }
+    }
+
+    /// Sends one event.
     @discardableResult
     public func send(event: String? = nil, id: String? = nil, data: String) -> Bool {
-        var text = ""
-        if let event { text += "event: \(event.filter { $0 != "\n" && $0 != "\r" })\n" }
-        if let id { text += "id: \(id.filter { $0 != "\n" && $0 != "\r" })\n" }
-        for line in data.split(separator: "\n", omittingEmptySubsequences: false) { text += "data: \(line)\n" }
-        text += "\n"
-        return writer.write(Array(text.utf8))
+        send([Event(event: event, id: id, data: data)])
+    }
+
+    /// Sends events together, in one write: a client wakes once for all of them.
+    @discardableResult
+    public func send(_ events: [Event]) -> Bool {
+        guard !events.isEmpty else { return !writer.isClosed }
+        return writer.write(Array(events.map(\.text).joined().utf8))
     }
 
     /// A comment line that keeps proxies and clients from timing out.

@@ -157,13 +157,14 @@ final class LiveDaemon: @unchecked Sendable {
 final class EventStream: Sendable {
     private let received = Mutex<String>("")
 
-    init(_ d: LiveDaemon, _ id: String) {
+    init(_ d: LiveDaemon, _ id: String, query: String = "") {
+        let streams = d.scheduler.streamCount(id)
         Thread { [self] in
-            let body = d.request("GET", "/v1/jobs/\(id)/events").body
+            let body = d.request("GET", "/v1/jobs/\(id)/events" + query).body
             received.withLock { $0 = String(decoding: body, as: UTF8.self) }
         }.start()
         let connected = Date().addingTimeInterval(10)
-        while d.scheduler.streamCount(id) == 0 && Date() < connected { usleep(5_000) }
+        while d.scheduler.streamCount(id) <= streams && Date() < connected { usleep(5_000) }
     }
 
     /// What the stream carried, once it ended (waits up to 10 s for that).
@@ -215,6 +216,7 @@ final class CountLog: @unchecked Sendable {
         #expect(d.request("GET", "/v1/jobs/\(id)/logs").status == 200)
         let events = d.request("GET", "/v1/jobs/\(id)/events")
         #expect(events.headers["content-type"] == "text/event-stream" && String(decoding: events.body, as: UTF8.self).contains("\"state\":\"succeeded\""))
+        for bad in ["abc", "-1", "60001", "1.5"] { #expect(d.request("GET", "/v1/jobs/\(id)/events?interval_ms=\(bad)").status == 400, "\(bad)") }
         // Checkpoints: list, download with ETag = SHA-256, ranges, latest, encoder export.
         let list = try #require(d.request("GET", "/v1/jobs/\(id)/checkpoints").json["checkpoints"] as? [[String: Any]])
         #expect(list.map { $0["step"] as? Int } == [2, 4, 6, 8])
@@ -396,6 +398,33 @@ final class CountLog: @unchecked Sendable {
         let events = stream.text
         #expect(events.contains("event: metric") && events.contains("event: checkpoint"))
         #expect(events.contains("\"state\":\"paused\"") && events.contains("\"state\":\"cancelled\""))
+        // The log, live: its lines as events, the last state's before the stream ends.
+        #expect(events.contains("event: log") && events.contains("resumed from ckpt-"), "\(events)")
+        #expect(events.contains("state: cancelled ("), "\(events)")
+    }
+
+    /// A paced stream (`interval_ms`) holds metric and log events back to write them together; it
+    /// loses and reorders none. Both streams follow a job queued behind another, from before it runs.
+    @Test func pacedEventsLoseNothing() throws {
+        let d = try LiveDaemon()
+        defer { d.stop() }
+        let long = LiveDaemon.spec.replacingOccurrences(of: "\"epochs\": 2", with: "\"epochs\": 400")
+        let blocker = try #require(d.request("POST", "/v1/jobs", body: long).json["id"] as? String)
+        _ = d.waitFor(blocker, ["running"])
+        let id = try #require(d.request("POST", "/v1/jobs", body: LiveDaemon.spec).json["id"] as? String)
+        #expect(d.request("GET", "/v1/jobs/\(id)").json["state"] as? String == "queued")
+        let plain = EventStream(d, id), paced = EventStream(d, id, query: "?interval_ms=250")
+        #expect(d.request("POST", "/v1/jobs/\(blocker)/cancel").status == 202)
+        #expect(d.waitFor(id, ["succeeded", "failed"])["state"] as? String == "succeeded")
+        let all = Self.eventBlocks(plain.text), held = Self.eventBlocks(paced.text)
+        #expect(held == all, "\(held)")
+        #expect(all.filter { $0.hasPrefix("event: metric") }.count == 8 && all.last?.contains("\"state\":\"succeeded\"") == true, "\(all)")
+        #expect(all.contains { $0.hasPrefix("event: log") && $0.contains("state: succeeded") }, "\(all)")
+    }
+
+    /// A stream's events, each as its lines.
+    static func eventBlocks(_ text: String) -> [String] {
+        text.components(separatedBy: "\n\n").filter { $0.hasPrefix("event: ") }
     }
 
     @Test func validationIdempotencyAndListing() throws {

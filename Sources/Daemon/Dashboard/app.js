@@ -5,6 +5,10 @@
 
 const TOKEN_KEY = 'mocod.token';
 const STATES_DONE = new Set(['succeeded', 'failed', 'cancelled']);
+// A job page's live stream asks the daemon to write metric and log events together at most this
+// often: the page wakes (and the training machine's CPU serves it) once an interval, however fast
+// the job steps.
+const LIVE_INTERVAL_MS = 2000;
 
 // ---------- API ----------
 
@@ -250,6 +254,10 @@ class Chart {
   draw() {
     const c = this.canvas, dpr = window.devicePixelRatio || 1;
     const w = c.clientWidth || 400, h = c.clientHeight || 230;
+    // Unchanged since the last drawing (a kNN chart between evaluations): nothing to paint.
+    const shown = JSON.stringify([w, h, dpr, this.range, this.log, this.series.map((s) => [s.points.length, s.points[0], s.points[s.points.length - 1]])]);
+    if (shown === this.shown) return;
+    this.shown = shown;
     if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) { c.width = Math.round(w * dpr); c.height = Math.round(h * dpr); }
     const g = c.getContext('2d');
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
@@ -432,6 +440,7 @@ function jobView(main, id) {
   chartsNode.append(...charts.map((c) => c.node));
   let lastStep = -1;
   let pending = false;
+  let latest = null;   // the newest step point: the summary's live figures
 
   function addPoint(p) {
     if (p.kind === 'eval') {
@@ -439,6 +448,7 @@ function jobView(main, id) {
     } else {
       if (p.step <= lastStep) return;
       lastStep = p.step;
+      latest = p;
       if (p.loss != null) S.loss.push([p.step, p.loss]);
       if (p.loss_at_chance != null) S.chance.push([p.step, p.loss_at_chance]);
       if (p.lr != null) S.lr.push([p.step, p.lr]);
@@ -464,6 +474,8 @@ function jobView(main, id) {
       const dim = job && job.spec && job.spec.model ? job.spec.model.dim : null;
       if (dim && S.std.length) charts[5].series[1].points = [[S.std[0][0], 1 / Math.sqrt(dim)], [S.std[S.std.length - 1][0], 1 / Math.sqrt(dim)]];
       for (const c of charts) c.draw();
+      if (job) renderSummary();
+      renderLog();
     }), wait);
   }
 
@@ -477,14 +489,18 @@ function jobView(main, id) {
   for (const c of charts) c.onSelect = (a, b) => { fromInput.value = a; toInput.value = b; applyRange(); };
   window.addEventListener('resize', redraw);
 
+  let headerShown = null;
   function renderHeader() {
     const j = job;
+    const shown = JSON.stringify([j.name, j.state, j.reason, j.kind]);
+    if (shown === headerShown) return;
+    headerShown = shown;
     const act = (label, path, cls, enabled) => el('button', {
       class: cls, id: 'btn-' + label.toLowerCase(), text: label, disabled: !enabled,
       onclick: async (ev) => {
         ev.target.disabled = true;
         try { job = await api(`/v1/jobs/${id}/${path}`, { method: 'POST' }); renderHeader(); renderSummary(); }
-        catch (e) { if (!(e instanceof Unauthorized)) alertIn(header, e); }
+        catch (e) { ev.target.disabled = false; if (!(e instanceof Unauthorized)) alertIn(header, e); }
       },
     });
     header.replaceChildren(
@@ -501,10 +517,23 @@ function jobView(main, id) {
     node.append(el('p', { class: 'error', text: String(e.message || e) }));
   }
 
+  // The job record's figures; while it runs, the newest step point's (live, without a poll).
+  // A training job's figures change in place: only the numbers that changed are set.
+  let summaryShown = null, summaryValues = null;
   function renderSummary() {
-    const j = job, p = j.progress, s = j.spec || {};
+    const j = job, s = j.spec || {};
+    let p = j.progress, lastLoss = j.last_loss, best = j.best_knn_top1;
+    if (j.kind === 'train' && j.state === 'running' && latest && latest.step >= p.step) {
+      p = { step: latest.step, total_steps: latest.total_steps, epoch: latest.epoch, eta_seconds: latest.eta_seconds, images_per_second: latest.images_per_second };
+      if (latest.loss != null) lastLoss = latest.loss;
+    }
+    for (const k of S.knn) if (best == null || k[1] > best) best = k[1];
     const item = (label, value) => el('div', {}, el('b', { text: value }), el('span', { text: label }));
     if (j.kind !== 'train') {
+      const shown = JSON.stringify([j.state, p, j.result]);
+      if (shown === summaryShown) return;
+      summaryShown = shown;
+      summaryValues = null;
       const r = j.result || {}, e = j.evaluation || {};
       summary.replaceChildren(
         item('kind', j.kind + (e.kind && e.kind !== j.kind ? ' (' + e.kind + ')' : '')),
@@ -517,15 +546,22 @@ function jobView(main, id) {
         r.shape ? item('embedding', r.shape.join(' × ') + ' float32') : null);
       return;
     }
-    summary.replaceChildren(
-      item('method', s.method || '–'),
-      item('step', p.total_steps ? `${p.step} / ${p.total_steps}` : String(p.step)),
-      item('epoch', String(p.epoch) + (s.optim ? ' / ' + s.optim.epochs : '')),
-      item('ETA', j.state === 'running' ? fmtDuration(p.eta_seconds) : '–'),
-      item('last loss', fmtNum(j.last_loss, 4)),
-      item('best kNN top-1', j.best_knn_top1 == null ? '–' : fmtNum(j.best_knn_top1) + ' %'),
-      item('images/s', fmtNum(p.images_per_second, 0)),
-      item('precision', j.precision || '–'));
+    const values = [
+      ['method', s.method || '–'],
+      ['step', p.total_steps ? `${p.step} / ${p.total_steps}` : String(p.step)],
+      ['epoch', String(p.epoch) + (s.optim ? ' / ' + s.optim.epochs : '')],
+      ['ETA', j.state === 'running' ? fmtDuration(p.eta_seconds) : '–'],
+      ['last loss', fmtNum(lastLoss, 4)],
+      ['best kNN top-1', best == null ? '–' : fmtNum(best) + ' %'],
+      ['images/s', fmtNum(p.images_per_second, 0)],
+      ['precision', j.precision || '–'],
+    ];
+    if (summaryValues && summaryValues.length === values.length && summary.children.length === values.length) {
+      values.forEach((v, i) => { if (v[1] !== summaryValues[i][1]) summary.children[i].firstChild.textContent = v[1]; });
+    } else {
+      summary.replaceChildren(...values.map((v) => item(v[0], v[1])));
+    }
+    summaryValues = values;
   }
 
   async function refreshJob() {
@@ -649,9 +685,26 @@ function jobView(main, id) {
     }
   }
 
+  // The log's last 200 lines: fetched at the start and on each state change, then followed
+  // line by line from `log` events; drawn with the charts.
+  let logLines = [], logDirty = false;
   async function refreshLog() {
     const res = await api(`/v1/jobs/${id}/logs?tail=200`, { raw: true });
-    const text = (await res.text()) || '(empty)';
+    logLines = (await res.text()).split('\n').filter((l) => l);
+    logDirty = true;
+    renderLog();
+  }
+  function addLogLine(line) {
+    // A line written while the whole log was being fetched may come both ways.
+    if (logLines.slice(-20).includes(line)) return;
+    logLines.push(line);
+    if (logLines.length > 200) logLines.splice(0, logLines.length - 200);
+    logDirty = true;
+  }
+  function renderLog() {
+    if (!logDirty) return;
+    logDirty = false;
+    const text = logLines.length ? logLines.join('\n') + '\n' : '(empty)';
     if (text === logNode.textContent) return;   // unchanged: no relayout
     const atBottom = logNode.scrollTop + logNode.clientHeight >= logNode.scrollHeight - 4;
     logNode.textContent = text;
@@ -673,13 +726,21 @@ function jobView(main, id) {
     while (!stopped) {
       try {
         await catchUp();
-        if (job && STATES_DONE.has(job.state)) { liveNote.textContent = 'finished'; return; }
+        if (job && STATES_DONE.has(job.state)) { liveNote.textContent = 'finished'; refreshLog().catch(() => {}); return; }
         liveNote.textContent = '● live';
-        await followEvents(`/v1/jobs/${id}/events`, (name, data) => {
+        let opened = false;
+        await followEvents(`/v1/jobs/${id}/events?interval_ms=${LIVE_INTERVAL_MS}`, (name, data) => {
+          // The stream's first event is the job's state now: the log is fetched whole once the
+          // stream follows it (no line falls between); the rest only if the state moved on.
+          const first = !opened;
+          opened = true;
           if (name === 'metric' || name === 'eval') { addPoint(data); redraw(); }
+          else if (name === 'log') { addLogLine(data.line); redraw(); }
           else if (name === 'state') {
+            if (first) refreshLog().catch(() => {});
+            if (first && job && data.state === job.state) return;
             refreshJob().catch(() => {});
-            refreshLog().catch(() => {});
+            if (!first) refreshLog().catch(() => {});
             if (job && job.kind === 'train') refreshCheckpoints().catch(() => {});
           } else if (name === 'checkpoint') refreshCheckpoints().catch(() => {});
         }, abort.signal);
@@ -692,12 +753,11 @@ function jobView(main, id) {
     }
   }
 
-  const stopPolling = [];
+  // Nothing polls: the live stream brings points, log lines and state changes; the job record,
+  // the log and the checkpoints are fetched again when its events say they changed.
   (async () => {
     try {
       await refreshJob();
-      stopPolling.push(every(5000, () => refreshJob().catch((e) => showError(summary, e))));
-      stopPolling.push(every(3000, () => refreshLog().catch(() => {})));
       if (job.kind === 'train') refreshCheckpoints().catch((e) => showError(checkpointsNode, e));
       live();
     } catch (e) {
@@ -709,7 +769,6 @@ function jobView(main, id) {
     stop() {
       stopped = true;
       abort.abort();
-      stopPolling.forEach((f) => f());
       if (evaluationsPoll) evaluationsPoll();
       window.removeEventListener('resize', redraw);
     },
