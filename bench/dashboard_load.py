@@ -3,7 +3,7 @@
 
 A Fashion-MNIST job at width 16 trains in the release mocod. One headless Chromium (Debian's,
 driven by Selenium) alternates between WINDOW seconds on about:blank (quiet) and WINDOW seconds on
-the job's dashboard page (open: its live curves over SSE, the 5 s job poll, the 3 s log tail):
+the job's dashboard page (open: its live curves, summary and log over one SSE stream paced to a write every 2 s):
 quiet, open, quiet, open, ..., quiet, CYCLES open windows in all.
 
 Two measures, side by side:
@@ -21,7 +21,8 @@ Two measures, side by side:
   is, to first order, a second of training lost in the same proportion.
 
 CONTROL=1 loads about:blank in the "open" windows too: what the method reports when nothing
-changes (its bias and noise). The browser runs at normal priority on the training's cores.
+changes (its bias and noise). PAGE=list opens the job list (#/, polled every 2 s) instead of the
+job's page. The browser runs at normal priority on the training's cores.
 Usage: /usr/bin/python3 bench/dashboard_load.py   (CYCLES=30 WINDOW=10; alone on the machine; as root for
 the cgroup, else the browser's CPU is not reported)
 """
@@ -43,6 +44,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CYCLES = int(os.environ.get("CYCLES", 30))
 WINDOW = float(os.environ.get("WINDOW", 10))
 CONTROL = os.environ.get("CONTROL") == "1"
+PAGE = os.environ.get("PAGE", "job")
+if PAGE not in ("job", "list"):
+    sys.exit("PAGE must be job or list")
 TICK = os.sysconf("SC_CLK_TCK")
 # Student's t at 97.5 % for n-1 degrees of freedom (n up to 61; beyond, 2.0).
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18, 15: 2.13,
@@ -153,9 +157,9 @@ def main():
         drawn = []
         window("quiet")
         for _ in range(CYCLES):
-            driver.get("about:blank" if CONTROL else f"{base}/#/jobs/{job}")
+            driver.get("about:blank" if CONTROL else f"{base}/#/jobs/{job}" if PAGE == "job" else f"{base}/#/")
             window("open")
-            if not CONTROL:
+            if not CONTROL and PAGE == "job":
                 drawn.append(driver.execute_script(
                     "const c = document.querySelector('canvas[data-chart=loss]'); return c ? Number(c.dataset.points) : 0"))
             driver.get("about:blank")
@@ -184,12 +188,12 @@ def main():
         r, n = rate(t0, t1)
         windows.append((kind, r, n, (d1 - d0) / (t1 - t0), (b1 - b0) / (t1 - t0), (w1 - w0) / (t1 - t0)))
     ratios = []
-    label = "control (about:blank)" if CONTROL else "dashboard open"
+    label = "control (about:blank)" if CONTROL else "dashboard open" if PAGE == "job" else "job list open"
     for c in range(CYCLES):
         before, opened, after = windows[2 * c], windows[2 * c + 1], windows[2 * c + 2]
         quiet = (before[1] + after[1]) / 2
         ratios.append(opened[1] / quiet)
-        page = "" if CONTROL else f", the page drew {drawn[c]} loss points"
+        page = f", the page drew {drawn[c]} loss points" if drawn else ""
         print(f"cycle {c + 1:2}: quiet {before[1]:.1f} | {label} {opened[1]:.1f} | quiet {after[1]:.1f} img/s "
               f"({opened[2]} steps): {100 * (1 - opened[1] / quiet):+.2f}%{page}")
     slow = [100 * (1 - r) for r in ratios]

@@ -179,14 +179,34 @@ function listView(main) {
     body);
   main.append(el('div', { class: 'row' }, el('h1', { text: 'Jobs' }), el('span', { class: 'spacer' }),
     el('a', { href: '#/submit' }, el('button', { class: 'primary', text: 'New job' }))), status, table);
+  // Each poll rebuilds only the rows whose shown figures changed (a running job's), in place.
+  let shown = new Map();   // id -> { row, key }
   const stop = every(2000, async () => {
     try {
       const page = await api('/v1/jobs?limit=100&kind=train');
-      status.textContent = page.jobs.length ? '' : 'No jobs yet: submit one.';
-      body.replaceChildren(...page.jobs.map(jobRow));
+      const text = page.jobs.length ? '' : 'No jobs yet: submit one.';
+      if (status.textContent !== text) status.textContent = text;
+      const next = new Map();
+      for (const j of page.jobs) {
+        const key = JSON.stringify(jobRowFigures(j));
+        const old = shown.get(j.id);
+        next.set(j.id, old && old.key === key ? old : { row: jobRow(j), key });
+      }
+      const rows = [...next.values()].map((r) => r.row), ids = [...next.keys()];
+      const sameOrder = rows.length === body.children.length && ids.every((id, i) => body.children[i].dataset.id === id);
+      if (!sameOrder) body.replaceChildren(...rows);
+      else rows.forEach((r, i) => { if (body.children[i] !== r) body.children[i].replaceWith(r); });
+      shown = next;
     } catch (e) { showError(status, e); }
   });
   return { stop };
+}
+
+// What a job's row shows.
+function jobRowFigures(j) {
+  const p = j.progress;
+  return [j.name, j.spec && j.spec.method, j.state, p.step, p.total_steps, fmtNum(p.images_per_second, 0),
+    j.state === 'running' ? fmtDuration(p.eta_seconds) : '–', j.best_knn_top1, j.state === 'running' ? '' : j.reason];
 }
 
 function jobRow(j) {
