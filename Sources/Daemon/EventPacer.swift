@@ -42,18 +42,12 @@ struct EventPacer {
         held.append(e)
         // Held events go once the interval is up, even while events keep coming.
         if Self.isHeld(e) && now - lastWrite < interval { return .wait }
-        let out = held
-        held = []
-        return wrote(out, now: now)
+        return flush(now: now)
     }
 
     /// The clock reached `now` with no event: the held events, once due; else a heartbeat, once due.
     mutating func tick(now: Double) -> Action {
-        if !held.isEmpty && now >= lastWrite + interval {
-            let out = held
-            held = []
-            return wrote(out, now: now)
-        }
+        if !held.isEmpty && now >= lastWrite + interval { return flush(now: now) }
         if now >= heartbeatFrom + heartbeat {
             heartbeatFrom = now
             return .heartbeat
@@ -68,9 +62,11 @@ struct EventPacer {
         return max(0, until - now)
     }
 
-    private mutating func wrote(_ events: [JobStreamEvent], now: Double) -> Action {
+    /// Writes every held event.
+    private mutating func flush(now: Double) -> Action {
+        defer { held = [] }
         lastWrite = now
         heartbeatFrom = now
-        return .write(events)
+        return .write(held)
     }
 }

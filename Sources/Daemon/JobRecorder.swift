@@ -126,7 +126,7 @@ final class JobRecorder {
     }
 
     /// A line in the job's human-readable log (`jobs/<id>/job.log`), and a live `log` event.
-    func appendLog(_ line: String) { events.publish(id, .log(JobLog.append(line, to: directory))) }
+    func appendLog(_ line: String) { events.appendLog(id, line, directory: directory) }
 }
 
 /// A job's human-readable log (`jobs/<id>/job.log`): its state changes with their reasons, and

@@ -68,6 +68,11 @@ final class LiveEvents: @unchecked Sendable {
         lock.lock(); subscribers[id]?[token] = nil; lock.unlock()
     }
 
+    /// Appends a line to a job's log (`directory/job.log`) and publishes it as a `log` event.
+    func appendLog(_ id: String, _ line: String, directory: URL) {
+        publish(id, .log(JobLog.append(line, to: directory)))
+    }
+
     /// Handlers run outside the lock: they may call back into the scheduler.
     func publish(_ id: String, _ event: JobStreamEvent) {
         lock.lock(); let subs = subscribers[id].map { Array($0.values) } ?? []; lock.unlock()

@@ -522,7 +522,5 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// A line in the job's log, and a live `log` event.
-    func appendLog(_ id: String, _ line: String) {
-        publish(id, .log(JobLog.append(line, to: settings.jobDirectory(id))))
-    }
+    func appendLog(_ id: String, _ line: String) { events.appendLog(id, line, directory: settings.jobDirectory(id)) }
 }

@@ -179,7 +179,8 @@ function listView(main) {
     body);
   main.append(el('div', { class: 'row' }, el('h1', { text: 'Jobs' }), el('span', { class: 'spacer' }),
     el('a', { href: '#/submit' }, el('button', { class: 'primary', text: 'New job' }))), status, table);
-  // Each poll rebuilds only the rows whose shown figures changed (a running job's), in place.
+  // Each poll puts in only the rows that changed (a running job's): a row is built detached and
+  // compared, by its markup, with the one shown.
   let shown = new Map();   // id -> { row, key }
   const stop = every(2000, async () => {
     try {
@@ -188,9 +189,9 @@ function listView(main) {
       if (status.textContent !== text) status.textContent = text;
       const next = new Map();
       for (const j of page.jobs) {
-        const key = JSON.stringify(jobRowFigures(j));
+        const row = jobRow(j), key = row.outerHTML;
         const old = shown.get(j.id);
-        next.set(j.id, old && old.key === key ? old : { row: jobRow(j), key });
+        next.set(j.id, old && old.key === key ? old : { row, key });
       }
       const rows = [...next.values()].map((r) => r.row), ids = [...next.keys()];
       const sameOrder = rows.length === body.children.length && ids.every((id, i) => body.children[i].dataset.id === id);
@@ -200,13 +201,6 @@ function listView(main) {
     } catch (e) { showError(status, e); }
   });
   return { stop };
-}
-
-// What a job's row shows.
-function jobRowFigures(j) {
-  const p = j.progress;
-  return [j.name, j.spec && j.spec.method, j.state, p.step, p.total_steps, fmtNum(p.images_per_second, 0),
-    j.state === 'running' ? fmtDuration(p.eta_seconds) : '–', j.best_knn_top1, j.state === 'running' ? '' : j.reason];
 }
 
 function jobRow(j) {
@@ -705,8 +699,8 @@ function jobView(main, id) {
     }
   }
 
-  // The log's last 200 lines: fetched at the start and on each state change, then followed
-  // line by line from `log` events; drawn with the charts.
+  // The log's last 200 lines: fetched whole when the stream opens (or once, for a finished job)
+  // and on each state change, then followed line by line from `log` events; drawn with the charts.
   let logLines = [], logDirty = false;
   async function refreshLog() {
     const res = await api(`/v1/jobs/${id}/logs?tail=200`, { raw: true });
@@ -757,10 +751,9 @@ function jobView(main, id) {
           if (name === 'metric' || name === 'eval') { addPoint(data); redraw(); }
           else if (name === 'log') { addLogLine(data.line); redraw(); }
           else if (name === 'state') {
-            if (first) refreshLog().catch(() => {});
+            refreshLog().catch(() => {});
             if (first && job && data.state === job.state) return;
             refreshJob().catch(() => {});
-            if (!first) refreshLog().catch(() => {});
             if (job && job.kind === 'train') refreshCheckpoints().catch(() => {});
           } else if (name === 'checkpoint') refreshCheckpoints().catch(() => {});
         }, abort.signal);
